@@ -1,0 +1,40 @@
+"""Dataset adapters: the only code that knows an on-disk layout.
+
+``open_dataset(format, root)`` is the single entry point; ``FORMATS`` lists the layouts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.datasets.base import ClassInfo, ClassMeta, DatasetAdapter, Sample, SampleRef
+from pipeline.errors import DataError
+
+
+def _registry() -> dict[str, type[DatasetAdapter]]:
+    from pipeline.datasets.folder import FolderAdapter
+
+    adapters: dict[str, type[DatasetAdapter]] = {"folder": FolderAdapter}
+    try:  # the real-layout adapters live in their own modules
+        from pipeline.datasets.camvid import CamVidAdapter
+        from pipeline.datasets.cityscapes import CityscapesAdapter
+        from pipeline.datasets.ade20k import ADE20KAdapter
+        from pipeline.datasets.coco_stuff import CocoStuffAdapter
+
+        adapters.update({"camvid": CamVidAdapter, "cityscapes": CityscapesAdapter,
+                         "ade20k": ADE20KAdapter, "coco-stuff": CocoStuffAdapter})
+    except ImportError:
+        pass
+    return adapters
+
+
+FORMATS = ("folder", "camvid", "cityscapes", "ade20k", "coco-stuff")
+
+
+def open_dataset(fmt: str, root: str | Path) -> DatasetAdapter:
+    adapters = _registry()
+    if fmt not in adapters:
+        raise DataError(root, f"unknown dataset format '{fmt}' (known: {', '.join(sorted(adapters))})")
+    return adapters[fmt](root)
+
+
+__all__ = ["ClassInfo", "ClassMeta", "DatasetAdapter", "Sample", "SampleRef", "open_dataset", "FORMATS"]
