@@ -11,20 +11,14 @@ from pipeline.errors import DataError
 
 
 def _registry() -> dict[str, type[DatasetAdapter]]:
+    from pipeline.datasets.ade20k import ADE20KAdapter
+    from pipeline.datasets.camvid import CamVidAdapter
+    from pipeline.datasets.cityscapes import CityscapesAdapter
+    from pipeline.datasets.coco_stuff import CocoStuffAdapter
     from pipeline.datasets.folder import FolderAdapter
 
-    adapters: dict[str, type[DatasetAdapter]] = {"folder": FolderAdapter}
-    try:  # the real-layout adapters live in their own modules
-        from pipeline.datasets.camvid import CamVidAdapter
-        from pipeline.datasets.cityscapes import CityscapesAdapter
-        from pipeline.datasets.ade20k import ADE20KAdapter
-        from pipeline.datasets.coco_stuff import CocoStuffAdapter
-
-        adapters.update({"camvid": CamVidAdapter, "cityscapes": CityscapesAdapter,
-                         "ade20k": ADE20KAdapter, "coco-stuff": CocoStuffAdapter})
-    except ImportError:
-        pass
-    return adapters
+    return {"folder": FolderAdapter, "camvid": CamVidAdapter, "cityscapes": CityscapesAdapter,
+            "ade20k": ADE20KAdapter, "coco-stuff": CocoStuffAdapter}
 
 
 FORMATS = ("folder", "camvid", "cityscapes", "ade20k", "coco-stuff")

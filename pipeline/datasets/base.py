@@ -128,7 +128,11 @@ def read_image_rgb(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "image file is missing")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    data = path.read_bytes()
+    if path.suffix.lower() in (".jpg", ".jpeg") and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        # libjpeg decodes a truncated file partially with only a warning; refuse it instead.
+        raise DataError(path, "truncated or corrupt JPEG (no end-of-image marker)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise DataError(path, "unreadable or corrupt image")
     if img.dtype != np.uint8:

@@ -1,0 +1,36 @@
+# Two commands for a new user: `make demo` and `make test` (both install into .venv first).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PYTHON ?= python3
+export DVC_NO_ANALYTICS := 1
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install demo test bench clean
+
+# torch is installed first and pinned here only: setup.cfg says torch>=2.1 so GPU users keep their CUDA build.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@test -d .git || { echo "error: make demo needs a git checkout (dvc repro runs in one)"; exit 1; }
+	dvc repro
+	@echo
+	@echo "Outputs of the demo pipeline (dataset: $$(python -c 'import yaml;print(yaml.safe_load(open("params.yaml"))["dataset"]["name"])')):"
+	@ls -1 datasets_cache/*/ | sed 's/^/  /'
+	@echo "Contact sheet: $$(ls datasets_cache/*/contact_sheet.png)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	resail bench decompose
+
+clean:
+	rm -rf datasets_cache/*/ .pytest_cache

@@ -1,0 +1,299 @@
+"""Schemas, readers and writers of the stage caches; the only place that knows a file name,
+an HDF5 path or a column name.
+
+Every writer is atomic: it writes ``<name>.tmp`` beside the target and renames at the end, so a
+failed or interrupted stage leaves either the previous complete file or nothing.
+
+Segment database (written by ``resail decompose``)
+-------------------------------------------------
+``segments.parquet`` — one row per segment, ``segment_id`` dense 0..N-1 in row order:
+    segment_id int64, image_id string, split string, class_id int32, is_thing bool,
+    y0, x0, y1, x1 int32 (half-open box, original pixels), area int64 (mask pixels),
+    box_area int64 ((y1-y0)·(x1-x0)), norm_area int32 (pixels of the S×S normalised mask),
+    source string ('instance' | 'component'), candidate bool (retrieval database row).
+``images.parquet`` — one row per decomposed image:
+    image_id string, split string, height int32, width int32, first_segment int64,
+    n_segments int32, has_instances bool.
+``segments.h5``:
+    /norm_masks   uint8 [N, S*S/8]  np.packbits of the row-major S×S normalised mask; attr mask_size
+    /crop_offsets int64 [N+1]       pixel offset of each crop in the flat crop arrays
+    /rgb_crops    uint8 [P*3]       box-sized RGB crops (H×W×3, C order), concatenated
+    /mask_crops   uint8 [P]         box-sized mask crops (0/1), concatenated
+    root attrs: schema_version, n_segments, mask_size, min_area, preserved_ratio, db_split,
+    dataset_format, data_root, classes (ClassMeta JSON).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.datasets.base import ClassMeta
+from pipeline.errors import CacheError
+
+SCHEMA_VERSION = 1
+SEGMENTS_PARQUET = "segments.parquet"
+IMAGES_PARQUET = "images.parquet"
+SEGMENTS_H5 = "segments.h5"
+SKIPPED_JSON = "skipped.json"
+
+SEGMENT_SCHEMA = pa.schema([
+    ("segment_id", pa.int64()), ("image_id", pa.string()), ("split", pa.string()),
+    ("class_id", pa.int32()), ("is_thing", pa.bool_()),
+    ("y0", pa.int32()), ("x0", pa.int32()), ("y1", pa.int32()), ("x1", pa.int32()),
+    ("area", pa.int64()), ("box_area", pa.int64()), ("norm_area", pa.int32()),
+    ("source", pa.string()), ("candidate", pa.bool_()),
+])
+IMAGE_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("split", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+    ("first_segment", pa.int64()), ("n_segments", pa.int32()), ("has_instances", pa.bool_()),
+])
+
+_H5_CHUNK = 1 << 18  # elements per chunk of the flat crop arrays
+_H5_OPTS = dict(compression="gzip", compression_opts=1, track_times=False)
+
+
+# --------------------------------------------------------------------------- atomic writes
+def tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
+    """Yield temp paths for ``paths``; rename all of them at the end, delete them on failure."""
+    paths = [Path(p) for p in paths]
+    tmps = [tmp_path(p) for p in paths]
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    for t in tmps:
+        t.unlink(missing_ok=True)
+    try:
+        yield tmps
+    except BaseException:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        raise
+    for t, p in zip(tmps, paths):
+        os.replace(t, p)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    with atomic_outputs(path) as (tmp,):
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Deterministic Parquet: fixed compression, no statistics that depend on anything but data."""
+    pq.write_table(table, path, compression="zstd", compression_level=3)
+
+
+# --------------------------------------------------------------------------- segment DB writer
+class SegmentWriter:
+    """Streams decomposed images into ``segments.h5`` and collects the Parquet rows.
+
+    Rows are appended in call order; callers pass images in a fixed order so that the bytes of
+    the outputs do not depend on parallelism. Use as a context manager inside
+    :func:`atomic_outputs`.
+    """
+
+    def __init__(self, h5_path: Path, mask_size: int, attrs: dict) -> None:
+        if mask_size % 8:
+            raise ValueError("mask_size must be a multiple of 8")
+        self.mask_size = mask_size
+        self._f = h5py.File(h5_path, "w", libver="earliest", track_order=False)
+        nbytes = mask_size * mask_size // 8
+        self._masks = self._f.create_dataset("norm_masks", shape=(0, nbytes), maxshape=(None, nbytes), dtype=np.uint8,
+                                             chunks=(max(1, min(1024, _H5_CHUNK // nbytes)), nbytes), **_H5_OPTS)
+        self._masks.attrs["mask_size"] = mask_size
+        self._rgb = self._f.create_dataset("rgb_crops", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                           chunks=(_H5_CHUNK,), **_H5_OPTS)
+        self._mask_crops = self._f.create_dataset("mask_crops", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                                  chunks=(_H5_CHUNK,), **_H5_OPTS)
+        self._attrs = dict(attrs)
+        self._offsets = [0]
+        self._cols: dict[str, list] = {f.name: [] for f in SEGMENT_SCHEMA if f.name != "candidate"}
+        self._imgs: dict[str, list] = {f.name: [] for f in IMAGE_SCHEMA}
+        self._buf_masks: list[np.ndarray] = []
+        self._buf_rgb: list[np.ndarray] = []
+        self._buf_mcrop: list[np.ndarray] = []
+        self._buf_pixels = 0
+
+    @property
+    def n_segments(self) -> int:
+        return len(self._cols["segment_id"])
+
+    def add_image(self, image_id: str, split: str, height: int, width: int, has_instances: bool,
+                  rows: list[dict], packed_masks: np.ndarray, rgb_crops: list[np.ndarray],
+                  mask_crops: list[np.ndarray]) -> None:
+        """Append one image's segments (``rows`` hold the scalar columns of SEGMENT_SCHEMA)."""
+        first = self.n_segments
+        for k, r in enumerate(rows):
+            self._cols["segment_id"].append(first + k)
+            self._cols["image_id"].append(image_id)
+            self._cols["split"].append(split)
+            for name in ("class_id", "is_thing", "y0", "x0", "y1", "x1", "area", "box_area", "norm_area", "source"):
+                self._cols[name].append(r[name])
+            self._offsets.append(self._offsets[-1] + rgb_crops[k].shape[0] * rgb_crops[k].shape[1])
+        for name, v in (("image_id", image_id), ("split", split), ("height", height), ("width", width),
+                        ("first_segment", first), ("n_segments", len(rows)), ("has_instances", has_instances)):
+            self._imgs[name].append(v)
+        if rows:
+            self._buf_masks.append(packed_masks)
+            self._buf_rgb.extend(c.reshape(-1) for c in rgb_crops)
+            self._buf_mcrop.extend(m.reshape(-1).astype(np.uint8) for m in mask_crops)
+            self._buf_pixels += sum(m.size for m in mask_crops)
+        if self._buf_pixels >= 4 * _H5_CHUNK:
+            self._flush()
+
+    @staticmethod
+    def _append(ds: h5py.Dataset, data: np.ndarray) -> None:
+        n = ds.shape[0]
+        ds.resize(n + data.shape[0], axis=0)
+        ds[n:] = data
+
+    def _flush(self) -> None:
+        if self._buf_masks:
+            self._append(self._masks, np.concatenate(self._buf_masks))
+            self._append(self._rgb, np.concatenate(self._buf_rgb))
+            self._append(self._mask_crops, np.concatenate(self._buf_mcrop))
+        self._buf_masks, self._buf_rgb, self._buf_mcrop, self._buf_pixels = [], [], [], 0
+
+    def finish(self, candidate: np.ndarray, segments_parquet: Path, images_parquet: Path) -> None:
+        """Flush, write offsets/attrs and the two Parquet tables (all to the given temp paths)."""
+        self._flush()
+        self._f.create_dataset("crop_offsets", data=np.asarray(self._offsets, dtype=np.int64), track_times=False)
+        for k, v in {**self._attrs, "schema_version": SCHEMA_VERSION, "n_segments": self.n_segments,
+                     "mask_size": self.mask_size}.items():
+            self._f.attrs[k] = v
+        self._f.close()
+        cols = {**self._cols, "candidate": np.asarray(candidate, dtype=bool)}
+        write_parquet(pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in SEGMENT_SCHEMA},
+                               schema=SEGMENT_SCHEMA), segments_parquet)
+        write_parquet(pa.table({f.name: pa.array(self._imgs[f.name], type=f.type) for f in IMAGE_SCHEMA},
+                               schema=IMAGE_SCHEMA), images_parquet)
+
+    def columns(self) -> dict[str, list]:
+        return self._cols
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+
+
+# --------------------------------------------------------------------------- segment DB reader
+@dataclass
+class SegmentDB:
+    """Read access to a decomposed dataset, validated against the schema on open."""
+
+    cache_dir: Path
+    segments: pa.Table
+    images: pa.Table
+    h5: h5py.File
+    meta: ClassMeta
+    mask_size: int
+
+    @classmethod
+    def open(cls, cache_dir: str | Path) -> "SegmentDB":
+        cache_dir = Path(cache_dir)
+        seg_p, img_p, h5_p = cache_dir / SEGMENTS_PARQUET, cache_dir / IMAGES_PARQUET, cache_dir / SEGMENTS_H5
+        for p in (seg_p, img_p, h5_p):
+            if not p.is_file():
+                raise CacheError(p, "missing (run `resail decompose` first)")
+        segments = _read_parquet(seg_p, SEGMENT_SCHEMA)
+        images = _read_parquet(img_p, IMAGE_SCHEMA)
+        try:
+            h5 = h5py.File(h5_p, "r")
+        except OSError as e:
+            raise CacheError(h5_p, f"not a readable HDF5 file ({e})") from None
+        try:
+            for name in ("norm_masks", "crop_offsets", "rgb_crops", "mask_crops"):
+                if name not in h5:
+                    raise CacheError(h5_p, f"dataset /{name} is missing")
+            n = segments.num_rows
+            mask_size = int(h5["norm_masks"].attrs.get("mask_size", -1))
+            if h5["norm_masks"].shape != (n, mask_size * mask_size // 8):
+                raise CacheError(h5_p, f"/norm_masks has shape {h5['norm_masks'].shape}, expected ({n}, "
+                                       f"{mask_size * mask_size // 8}) for {n} Parquet rows and mask_size {mask_size}")
+            if h5["crop_offsets"].shape != (n + 1,):
+                raise CacheError(h5_p, f"/crop_offsets has {h5['crop_offsets'].shape[0]} entries, expected {n + 1}")
+            total = int(h5["crop_offsets"][-1]) if n else 0
+            if h5["mask_crops"].shape[0] != total or h5["rgb_crops"].shape[0] != 3 * total:
+                raise CacheError(h5_p, "crop arrays do not match /crop_offsets (truncated file?)")
+            ids = segments.column("segment_id").to_numpy()
+            if n and not np.array_equal(ids, np.arange(n)):
+                raise CacheError(seg_p, "segment_id is not dense 0..N-1 in row order")
+            meta = ClassMeta.from_dict(json.loads(h5.attrs["classes"]))
+        except CacheError:
+            h5.close()
+            raise
+        except (KeyError, ValueError, json.JSONDecodeError) as e:
+            h5.close()
+            raise CacheError(h5_p, f"invalid segment database ({e})") from None
+        return cls(cache_dir, segments, images, h5, meta, mask_size)
+
+    # -- columns
+    def col(self, name: str) -> np.ndarray:
+        return self.segments.column(name).to_numpy(zero_copy_only=False)
+
+    def __len__(self) -> int:
+        return self.segments.num_rows
+
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.h5.attrs.items()}
+
+    def norm_masks(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """Packed normalised masks [n, S*S/8] (all rows, or ``ids`` in the given order)."""
+        ds = self.h5["norm_masks"]
+        if ids is None:
+            return ds[...]
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        out = np.empty((len(ids), ds.shape[1]), dtype=np.uint8)
+        if len(ids):
+            out[order] = ds[ids[order]] if np.all(np.diff(ids[order]) > 0) else ds[...][ids[order]]
+        return out
+
+    def crop(self, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB crop H×W×3 uint8, mask crop H×W bool) of one segment, box-sized."""
+        seg = int(segment_id)
+        y0, x0, y1, x1 = (int(self.segments.column(c)[seg].as_py()) for c in ("y0", "x0", "y1", "x1"))
+        h, w = y1 - y0, x1 - x0
+        a, b = (int(v) for v in self.h5["crop_offsets"][seg:seg + 2])
+        if b - a != h * w:
+            raise CacheError(self.cache_dir / SEGMENTS_H5, f"crop of segment {seg} has {b - a} pixels, box says {h * w}")
+        rgb = self.h5["rgb_crops"][3 * a:3 * b].reshape(h, w, 3)
+        mask = self.h5["mask_crops"][a:b].reshape(h, w).astype(bool)
+        return rgb, mask
+
+    def image_rows(self, split: str | None = None) -> list[dict]:
+        rows = self.images.to_pylist()
+        return [r for r in rows if split is None or r["split"] == split]
+
+    def close(self) -> None:
+        self.h5.close()
+
+    def __enter__(self) -> "SegmentDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise CacheError(path, f"not a readable Parquet file ({e})") from None
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise CacheError(path, f"missing column(s) {', '.join(missing)}")
+    return table

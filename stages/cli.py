@@ -1,0 +1,47 @@
+"""The ``resail`` command: one click group, one subcommand per stage.
+
+Expected failures (:class:`pipeline.errors.ResailError`) print one line ``error: <file>: <problem>``
+and exit with status 1; only bugs print a traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pipeline.errors import ResailError
+from stages.params import Params, load_params
+
+
+class ResailGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ResailError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted (outputs were not replaced)", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=ResailGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="params file giving option defaults (default: ./params.yaml if present)")
+@click.pass_context
+def main(ctx: click.Context, params_file: str | None) -> None:
+    """RESAIL: retrieval-based spatially adaptive normalization, as a DVC pipeline."""
+    ctx.obj = Params(load_params(params_file), params_file or "params.yaml")
+
+
+def _register() -> None:
+    from stages import bench, contact_sheet, decompose
+
+    for mod in (decompose, contact_sheet, bench):
+        main.add_command(mod.command)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()
