@@ -34,6 +34,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from pipeline.datasets.base import ClassMeta
@@ -297,3 +298,59 @@ def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
     if missing:
         raise CacheError(path, f"missing column(s) {', '.join(missing)}")
     return table
+
+
+# --------------------------------------------------------------------------- retrieval results
+RETRIEVAL_PARQUET = "retrieval.parquet"
+RETRIEVAL_SCHEMA = pa.schema([
+    ("query_id", pa.int64()), ("rank", pa.int32()), ("candidate_id", pa.int64()),
+    ("score", pa.float32()), ("shape_term", pa.float32()), ("scale_term", pa.float32()),
+])
+"""``retrieval.parquet`` — one row per (query segment, rank), rank 0 = best; sorted by
+(query_id, rank). Queries without an admissible candidate have no rows. File-level metadata:
+k, max_score, alpha, scale_term (as JSON under key ``resail``)."""
+
+
+def write_retrieval(columns: dict[str, np.ndarray], path: Path, params: dict) -> None:
+    """Write retrieval rows (column arrays of RETRIEVAL_SCHEMA) atomically with their params."""
+    table = pa.table({f.name: pa.array(np.asarray(columns[f.name]), type=f.type) for f in RETRIEVAL_SCHEMA},
+                     schema=RETRIEVAL_SCHEMA)
+    table = table.replace_schema_metadata({"resail": json.dumps(params, sort_keys=True)})
+    with atomic_outputs(path) as (tmp,):
+        write_parquet(table, tmp)
+
+
+def read_retrieval(cache_dir: str | Path, n_segments: int | None = None) -> tuple[pa.Table, dict]:
+    """(table, params) of ``retrieval.parquet``, checked against the segment count when given."""
+    path = Path(cache_dir) / RETRIEVAL_PARQUET
+    if not path.is_file():
+        raise CacheError(path, "missing (run `resail retrieve` first)")
+    table = _read_parquet(path, RETRIEVAL_SCHEMA)
+    meta = table.schema.metadata or {}
+    params = json.loads(meta.get(b"resail", b"{}"))
+    if n_segments is not None and table.num_rows:
+        top = max(pa.compute.max(table.column("query_id")).as_py(), pa.compute.max(table.column("candidate_id")).as_py())
+        if top >= n_segments:
+            raise CacheError(path, f"refers to segment {top} but the segment database has {n_segments} rows "
+                                   "(stale cache: re-run `resail retrieve`)")
+    return table, params
+
+
+# --------------------------------------------------------------------------- guidance images
+GUIDANCE_H5 = "guidance.h5"
+"""``guidance.h5`` — per image ``/<split>/<image_id>`` uint8 H×W×3 (composite guidance at
+label-map resolution) and ``/<split>/<image_id>__valid`` bool H×W (pixels that were pasted).
+Root attrs: rank (or 'per-segment'), n_images."""
+
+# --------------------------------------------------------------------------- distortions
+DISTORTIONS_H5 = "distortions.h5"
+"""``distortions.h5`` — per training image ``/<split>/<image_id>`` uint8 [K, H, W, 3]."""
+
+
+def image_key(split: str, image_id: str) -> str:
+    """HDF5 path of one image's dataset in guidance.h5 / distortions.h5."""
+    return f"/{split}/{image_id}"
+
+
+def valid_key(split: str, image_id: str) -> str:
+    return f"/{split}/{image_id}__valid"
