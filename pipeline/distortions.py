@@ -1,0 +1,546 @@
+"""Distortions of the ground-truth image (paper appendix A.2; method notes §4).
+
+Pure library: arrays in, arrays out, no file I/O. A ground-truth image is decomposed into its segments,
+every segment is distorted independently (colour, shape, resolution, in that order — the order of the
+paper), and the distorted segments are recomposed into a *distorted ground truth* that mimics the
+retrieval-based guidance (same kinds of defects: wrong colours, shape gaps, blur).
+
+Array conventions
+-----------------
+- images / crops: ``H×W×3`` ``uint8`` RGB; masks: ``H×W`` ``bool``;
+- boxes: ``(y0, x0, y1, x1)`` half-open, in image pixels; a segment's mask crop has the box's shape;
+- points: ``(N, 2)`` float ``(x, y)`` = (column, row), pixel centres at integers;
+- colours in lαβ: ``float64`` ``[..., 3]`` (``l``, ``α``, ``β``).
+
+Colour (Reinhard et al. 2001)
+-----------------------------
+RGB (0–255 scale, whatever the dtype) → LMS with Reinhard's matrix → ``log10`` → lαβ with the
+decorrelating matrix ``diag(1/√3, 1/√6, 1/√2)·[[1,1,1],[1,1,−2],[1,−1,0]]``. The inverse uses the
+*exact* matrix inverses (the paper prints a 4-decimal rounding of the LMS→RGB matrix), so the round
+trip is exact up to floating point. ``log10(0)`` is guarded by clamping LMS at ``LMS_EPS = 0.01``:
+that is below the smallest LMS component of any non-black ``uint8`` colour (0.0241 for RGB (1,0,0)),
+so every ``uint8`` colour round-trips exactly; pure black maps to a finite lαβ value
+(l ≈ −3.46) that converts back to RGB ≈ 0.01, i.e. 0 after rounding. Colour transfer is per channel
+``x' = (x − μs)·σt/σs + μt`` with population statistics (ddof 0); a source channel with
+``σs ≤ SIGMA_EPS`` is only shifted (ratio 1), never divided by zero.
+
+Shape (thin-plate spline)
+-------------------------
+``n_points = 10`` points evenly spaced by arc length on the largest external contour (largest by
+enclosed area, ties by point count, then first), ``n_moved = 3`` of them chosen without replacement and
+each axis shifted by ``U(−amp, amp)·k·√area`` (amp 0.4, k 0.22, area = mask pixel count). A TPS is
+estimated from the **target** points to the **source** points (the backward map), so every output
+pixel looks up its source position: RGB bilinear (``cv2.remap``, border replicated), mask nearest
+(outside the crop = background). The crop keeps its size: pixels warped outside it are lost. This
+mirrors the retrieval guidance, whose retrieved segment is resized *into the query's bounding box*
+and never extends beyond it. Degenerate cases return the input unchanged with ``info["skipped"]`` set
+(``"empty_mask"``, ``"contour_too_short"``, ``"duplicate_points"``, ``"collinear_points"``,
+``"degenerate_targets"``, ``"estimate_failed"``).
+
+Resolution
+----------
+Bicubic downsample by ``scale`` then bicubic upsample to the original size (``cv2.INTER_CUBIC``,
+``uint8`` saturating). The mask is returned unchanged (as in the released code: the resolution
+distortion degrades the segment *image*; shape defects are the shape distortion's job). At ``scale``
+1 (or any scale that rounds to the original size) the crop is returned exactly.
+
+Recomposition (:func:`distort_image`)
+-------------------------------------
+Output = the real image everywhere outside the union of the (original) segment masks — ignore/void
+pixels and pixels of segments not listed stay bit-exact. Inside the union the output starts black and
+each distorted segment is pasted where its distorted mask says, stuff first, then things, each group
+larger (original area) first, ties by input order; overwrite, never sum. With
+``paste_rules="a1"`` (default) the pastes follow the retrieval composition rules of appendix A.1
+(method notes §3): a stuff segment only paints inside its own original mask; a thing paints inside
+its own mask and on pixels of *stuff* segments, never on other things' pixels. With
+``paste_rules="free"`` the distorted mask alone decides (still restricted to the union). Either way
+shape distortion leaves black holes, as real retrieval guidance does.
+
+Randomness
+----------
+Everything is a deterministic function of the ``np.random.Generator`` passed in. Per segment, in
+input order, :func:`distort_image` draws exactly one fixed block from it — 3 gate uniforms
+(colour, shape, resolution) then 3 child seeds — whatever fires. Each kind then draws only from its
+own child generator. So changing one kind's probability (or dropping it from ``kinds``) never changes
+the random numbers the other kinds, or the other segments, see.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+from skimage.transform import ThinPlateSplineTransform
+
+__all__ = [
+    "KINDS",
+    "LMS_EPS",
+    "SIGMA_EPS",
+    "rgb_to_lab",
+    "lab_to_rgb",
+    "lab_stats",
+    "color_transfer",
+    "contour_control_points",
+    "estimate_backward_tps",
+    "tps_warp",
+    "shape_distort",
+    "resolution_distort",
+    "distort_image",
+]
+
+KINDS = ("color", "shape", "resolution")
+
+#: Clamp of LMS before ``log10`` (0–255 RGB scale); see the module docstring.
+LMS_EPS = 0.01
+#: A source channel whose lαβ std is at most this is shifted, not scaled.
+SIGMA_EPS = 1e-6
+
+# Reinhard et al. 2001, eq. 1 (RGB -> LMS) and eq. 4 (log LMS -> lαβ).
+_RGB2LMS = np.array(
+    [[0.3811, 0.5783, 0.0402],
+     [0.1967, 0.7244, 0.0782],
+     [0.0241, 0.1288, 0.8444]],
+    dtype=np.float64,
+)
+_LMS2RGB = np.linalg.inv(_RGB2LMS)
+_LOGLMS2LAB = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array(
+    [[1.0, 1.0, 1.0],
+     [1.0, 1.0, -2.0],
+     [1.0, -1.0, 0.0]]
+)
+_LAB2LOGLMS = np.linalg.inv(_LOGLMS2LAB)
+
+# Pixels per chunk when evaluating the TPS on a dense grid (bounds the N×10 kernel matrix).
+_TPS_CHUNK = 1 << 18
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour
+# --------------------------------------------------------------------------------------------------
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """RGB ``[..., 3]`` (uint8 or float, 0–255 scale) → Reinhard lαβ ``float64 [..., 3]``.
+
+    LMS is clamped at :data:`LMS_EPS` before ``log10`` (guards black pixels).
+    """
+    rgb = np.asarray(rgb, dtype=np.float64)
+    if rgb.shape[-1:] != (3,):
+        raise ValueError(f"rgb_to_lab: expected [..., 3], got shape {rgb.shape}")
+    lms = rgb @ _RGB2LMS.T
+    np.maximum(lms, LMS_EPS, out=lms)
+    return np.log10(lms) @ _LOGLMS2LAB.T
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """Reinhard lαβ ``[..., 3]`` → RGB ``float64 [..., 3]`` clipped to [0, 255] (not rounded)."""
+    lab = np.asarray(lab, dtype=np.float64)
+    if lab.shape[-1:] != (3,):
+        raise ValueError(f"lab_to_rgb: expected [..., 3], got shape {lab.shape}")
+    lms = np.power(10.0, lab @ _LAB2LOGLMS.T)
+    rgb = lms @ _LMS2RGB.T
+    return np.clip(rgb, 0.0, 255.0, out=rgb)
+
+
+def lab_stats(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel lαβ ``(mean[3], std[3])`` (population std) of RGB pixels ``[n, 3]`` (n ≥ 1)."""
+    pixels = np.asarray(pixels).reshape(-1, 3)
+    if pixels.shape[0] == 0:
+        raise ValueError("lab_stats: no pixels")
+    lab = rgb_to_lab(pixels)
+    return lab.mean(axis=0), lab.std(axis=0)
+
+
+def color_transfer(
+    src_rgb: np.ndarray,
+    target_stats: tuple[Sequence[float], Sequence[float]],
+    source_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> np.ndarray:
+    """Reinhard colour transfer of RGB pixels ``[..., 3]`` towards lαβ ``target_stats=(mean, std)``.
+
+    Per lαβ channel ``x' = (x − μs)·σt/σs + μt``; ``source_stats`` defaults to
+    ``lab_stats(src_rgb)`` (pass the statistics of a masked subset to transfer a whole crop with
+    its segment's statistics). Channels with ``σs ≤ SIGMA_EPS`` are shifted only. Returns ``uint8``
+    of the input's shape, clipped and rounded (``np.rint``). Identity (±1 per channel) when the
+    target statistics equal the source statistics.
+    """
+    src = np.asarray(src_rgb)
+    if src.shape[-1:] != (3,):
+        raise ValueError(f"color_transfer: expected [..., 3], got shape {src.shape}")
+    if src.size == 0:
+        return np.zeros(src.shape, dtype=np.uint8)
+    mu_t = np.asarray(target_stats[0], dtype=np.float64).reshape(3)
+    sd_t = np.asarray(target_stats[1], dtype=np.float64).reshape(3)
+    if source_stats is None:
+        mu_s, sd_s = lab_stats(src)
+    else:
+        mu_s = np.asarray(source_stats[0], dtype=np.float64).reshape(3)
+        sd_s = np.asarray(source_stats[1], dtype=np.float64).reshape(3)
+    ratio = np.where(sd_s > SIGMA_EPS, sd_t / np.where(sd_s > SIGMA_EPS, sd_s, 1.0), 1.0)
+    lab = rgb_to_lab(src)
+    out = (lab - mu_s) * ratio + mu_t
+    return np.rint(lab_to_rgb(out)).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shape
+# --------------------------------------------------------------------------------------------------
+def _check_crop(rgb: np.ndarray, mask: np.ndarray, where: str) -> None:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"{where}: rgb must be H×W×3 uint8, got {rgb.shape} {rgb.dtype}")
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"{where}: mask shape {mask.shape} != rgb shape {rgb.shape[:2]}")
+
+
+def _largest_contour(mask: np.ndarray) -> np.ndarray | None:
+    """Largest external contour (area, then point count, then first) as ``(m, 2)`` float (x, y)."""
+    contours, _ = cv2.findContours(
+        np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+    )
+    if not contours:
+        return None
+    best = max(
+        range(len(contours)),
+        key=lambda i: (cv2.contourArea(contours[i]), len(contours[i]), -i),
+    )
+    return contours[best].reshape(-1, 2).astype(np.float64)
+
+
+def _sample_closed_curve(points: np.ndarray, n: int) -> np.ndarray:
+    """``n`` points evenly spaced by arc length along the closed polyline ``points`` (from point 0)."""
+    m = points.shape[0]
+    nxt = np.roll(points, -1, axis=0)
+    seg = np.linalg.norm(nxt - points, axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    total = cum[-1]
+    if m == 1 or total <= 0:
+        return np.repeat(points[:1], n, axis=0)
+    t = np.arange(n, dtype=np.float64) * (total / n)
+    idx = np.clip(np.searchsorted(cum, t, side="right") - 1, 0, m - 1)
+    frac = np.divide(t - cum[idx], seg[idx], out=np.zeros(n), where=seg[idx] > 0)
+    return points[idx] + frac[:, None] * (nxt[idx] - points[idx])
+
+
+def contour_control_points(mask: np.ndarray, n: int = 10) -> np.ndarray:
+    """``(n, 2)`` float ``(x, y)`` points evenly spaced by arc length on the largest external contour.
+
+    Contour from ``cv2.findContours(RETR_EXTERNAL, CHAIN_APPROX_NONE)`` (pixel centres), sampled from
+    its first point (OpenCV's top-left start). Points may repeat for contours shorter than ``n``.
+    Raises ``ValueError`` for an empty mask.
+    """
+    contour = _largest_contour(np.asarray(mask, dtype=bool))
+    if contour is None:
+        raise ValueError("contour_control_points: empty mask")
+    return _sample_closed_curve(contour, n)
+
+
+def _degeneracy(points: np.ndarray) -> str | None:
+    """``"duplicate_points"`` / ``"collinear_points"`` / ``None`` for a set of control points."""
+    if np.unique(np.round(points, 6), axis=0).shape[0] < points.shape[0]:
+        return "duplicate_points"
+    centred = points - points.mean(axis=0)
+    sv = np.linalg.svd(centred, compute_uv=False)
+    if sv[-1] <= 1e-6 * max(1.0, sv[0]):
+        return "collinear_points"
+    return None
+
+
+def estimate_backward_tps(src_pts: np.ndarray, dst_pts: np.ndarray) -> ThinPlateSplineTransform | None:
+    """TPS mapping ``dst_pts`` (target, output positions) → ``src_pts`` (where to read).
+
+    Returns None when either point set has duplicates or is collinear (scikit-image does not
+    reliably flag these: it can return a numerically meaningless fit), when scikit-image reports
+    failure, or when the fit does not interpolate the control points (residual > 1e-3 px).
+    """
+    src = np.asarray(src_pts, dtype=np.float64)
+    dst = np.asarray(dst_pts, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 3:
+        return None
+    if _degeneracy(src) is not None or _degeneracy(dst) is not None:
+        return None
+    try:
+        tform = ThinPlateSplineTransform.from_estimate(dst, src)
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+    if not tform:
+        return None
+    residual = np.abs(tform(dst) - src).max()
+    if not np.isfinite(residual) or residual > 1e-3:
+        return None
+    return tform
+
+
+def tps_warp(
+    rgb: np.ndarray, mask: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warp a crop so the content at ``src_pts`` moves to ``dst_pts`` (same crop size).
+
+    RGB bilinear with replicated border, mask nearest with outside = False. Raises ``ValueError``
+    when the TPS cannot be estimated.
+    """
+    rgb = np.asarray(rgb)
+    mask = np.asarray(mask, dtype=bool)
+    _check_crop(rgb, mask, "tps_warp")
+    tform = estimate_backward_tps(src_pts, dst_pts)
+    if tform is None:
+        raise ValueError("tps_warp: thin-plate spline estimation failed")
+    h, w = mask.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    coords = np.empty_like(grid)
+    for start in range(0, grid.shape[0], _TPS_CHUNK):
+        coords[start:start + _TPS_CHUNK] = tform(grid[start:start + _TPS_CHUNK])
+    map_x = coords[:, 0].reshape(h, w)
+    map_y = coords[:, 1].reshape(h, w)
+    out_rgb = cv2.remap(
+        np.ascontiguousarray(rgb),
+        map_x.astype(np.float32),
+        map_y.astype(np.float32),
+        interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    xi = np.floor(map_x + 0.5)
+    yi = np.floor(map_y + 0.5)
+    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    xi = np.clip(xi, 0, w - 1).astype(np.intp)
+    yi = np.clip(yi, 0, h - 1).astype(np.intp)
+    out_mask = inside & mask[yi, xi]
+    return out_rgb, out_mask
+
+
+def shape_distort(
+    rgb: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    n_points: int = 10,
+    n_moved: int = 3,
+    amp: float = 0.4,
+    k: float = 0.22,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """TPS shape distortion of one segment crop → ``(rgb, mask, info)`` (crop size unchanged).
+
+    Draws, always and in this order, ``rng.choice(n_points, n_moved, replace=False)`` and
+    ``rng.uniform(-amp, amp, (n_moved, 2))`` — also when the segment ends up skipped. Each chosen
+    point moves by ``uniform·k·√area`` per axis. ``info``: ``skipped`` (None or a reason; then the
+    returned arrays are copies of the inputs), ``moved`` (indices), ``shifts`` (pixels, (dx, dy)),
+    and when the contour was usable ``src``/``dst`` control points (x, y).
+    """
+    rgb = np.asarray(rgb)
+    mask = np.asarray(mask, dtype=bool)
+    _check_crop(rgb, mask, "shape_distort")
+    moved = rng.choice(n_points, size=n_moved, replace=False)
+    unit = rng.uniform(-amp, amp, size=(n_moved, 2))
+    area = int(mask.sum())
+    shifts = unit * (k * np.sqrt(area))
+    info: dict[str, Any] = {
+        "skipped": None,
+        "moved": [int(i) for i in moved],
+        "shifts": shifts.tolist(),
+    }
+
+    def skip(reason: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        info["skipped"] = reason
+        return rgb.copy(), mask.copy(), info
+
+    if area == 0:
+        return skip("empty_mask")
+    contour = _largest_contour(mask)
+    if contour is None or contour.shape[0] < n_points:
+        return skip("contour_too_short")
+    src = _sample_closed_curve(contour, n_points)
+    info["src"] = src.tolist()
+    reason = _degeneracy(src)
+    if reason is not None:
+        return skip(reason)
+    dst = src.copy()
+    dst[moved] += shifts
+    info["dst"] = dst.tolist()
+    if _degeneracy(dst) is not None:
+        return skip("degenerate_targets")
+    try:
+        out_rgb, out_mask = tps_warp(rgb, mask, src, dst)
+    except ValueError:
+        return skip("estimate_failed")
+    return out_rgb, out_mask, info
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolution
+# --------------------------------------------------------------------------------------------------
+def resolution_distort(
+    rgb: np.ndarray, mask: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bicubic down (× ``scale``, 0 < scale ≤ 1) and back up to the crop size → ``(rgb, mask)``.
+
+    Small size = ``max(1, round(side·scale))`` per side. The mask is returned unchanged (a copy).
+    Exact identity when the small size equals the original size (e.g. ``scale == 1``).
+    """
+    rgb = np.asarray(rgb)
+    mask = np.asarray(mask, dtype=bool)
+    _check_crop(rgb, mask, "resolution_distort")
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"resolution_distort: scale must be in (0, 1], got {scale}")
+    h, w = mask.shape
+    sh, sw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    if (sh, sw) == (h, w):
+        return rgb.copy(), mask.copy()
+    small = cv2.resize(np.ascontiguousarray(rgb), (sw, sh), interpolation=cv2.INTER_CUBIC)
+    back = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return back.reshape(h, w, 3), mask.copy()
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole image
+# --------------------------------------------------------------------------------------------------
+def _resolve_color_target(
+    color_targets: Any, index: int, class_id: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, Any] | None:
+    if color_targets is None:
+        return None
+    if callable(color_targets):
+        target = color_targets(index, class_id, rng)
+    else:
+        target = color_targets[index]
+    if target is None:
+        return None
+    if len(target) not in (2, 3):
+        raise ValueError(f"colour target of segment {index} must be (mean, std[, id]), got {target!r}")
+    mean = np.asarray(target[0], dtype=np.float64).reshape(3)
+    std = np.asarray(target[1], dtype=np.float64).reshape(3)
+    target_id = target[2] if len(target) == 3 else None
+    if isinstance(target_id, np.generic):
+        target_id = target_id.item()
+    return mean, std, target_id
+
+
+def distort_image(
+    image: np.ndarray,
+    segments: Sequence[tuple],
+    color_targets: Callable[[int, int, np.random.Generator], tuple | None] | Sequence[tuple | None] | None,
+    rng: np.random.Generator,
+    probs: Mapping[str, float] | None = None,
+    kinds: Sequence[str] = KINDS,
+    *,
+    scale_range: tuple[float, float] = (0.5, 1.0),
+    paste_rules: str = "a1",
+    shape_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Distort every segment of ``image`` independently and recompose → ``(uint8 image, records)``.
+
+    ``segments``: ``(box, mask_crop, class_id)`` or ``(box, mask_crop, class_id, is_thing)`` with
+    ``box = (y0, x0, y1, x1)`` half-open and ``mask_crop`` bool of the box's shape (missing
+    ``is_thing`` = stuff). ``color_targets``: None (no colour distortion), a sequence aligned with
+    ``segments`` of ``(mean, std)`` / ``(mean, std, target_id)`` / None in lαβ, or a callable
+    ``f(segment_index, class_id, rng) -> same`` (called only when colour fires, with the colour
+    child generator — use it to pick a random same-class segment). ``probs``: per-kind probability
+    (missing kinds: 1.0, as the released code applies all three); a kind not in ``kinds`` never
+    fires. ``scale_range``: the resolution scale is ``U(*scale_range)``. ``paste_rules``: ``"a1"``
+    or ``"free"`` (module docstring). ``shape_kwargs``: passed to :func:`shape_distort`.
+
+    Each record: ``segment`` (input index), ``class_id``, ``is_thing``, ``box``, ``area``,
+    ``paste_rank``, ``applied`` (kinds actually applied, in order), and per kind ``color`` /
+    ``shape`` / ``resolution``: None when it did not fire, else a dict — colour
+    ``{target_id, mean, std}`` or ``{skipped: "no_target"}``; shape: :func:`shape_distort`'s info;
+    resolution ``{scale}``. Records are JSON-serialisable.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"distort_image: image must be H×W×3 uint8, got {image.shape} {image.dtype}")
+    if paste_rules not in ("a1", "free"):
+        raise ValueError(f"distort_image: paste_rules must be 'a1' or 'free', got {paste_rules!r}")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"distort_image: unknown kinds {sorted(unknown)}")
+    p = {kind: 1.0 for kind in KINDS}
+    if probs:
+        bad = set(probs) - set(KINDS)
+        if bad:
+            raise ValueError(f"distort_image: unknown kinds in probs {sorted(bad)}")
+        p.update({kind: float(v) for kind, v in probs.items()})
+    if color_targets is not None and not callable(color_targets) and len(color_targets) != len(segments):
+        raise ValueError("distort_image: color_targets must have one entry per segment")
+    lo, hi = scale_range
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"distort_image: scale_range must satisfy 0 < lo <= hi <= 1, got {scale_range}")
+    shape_kwargs = dict(shape_kwargs or {})
+
+    img_h, img_w = image.shape[:2]
+    union = np.zeros((img_h, img_w), dtype=bool)
+    things = np.zeros((img_h, img_w), dtype=bool)
+    results = []  # (box, orig_mask, rgb, mask, is_thing, area, index)
+    records: list[dict[str, Any]] = []
+
+    for index, seg in enumerate(segments):
+        if len(seg) not in (3, 4):
+            raise ValueError(f"distort_image: segment {index} must be (box, mask, class_id[, is_thing])")
+        box, mask_crop, class_id = seg[0], np.asarray(seg[1], dtype=bool), int(seg[2])
+        is_thing = bool(seg[3]) if len(seg) == 4 else False
+        y0, x0, y1, x1 = (int(v) for v in box)
+        if not (0 <= y0 < y1 <= img_h and 0 <= x0 < x1 <= img_w):
+            raise ValueError(f"distort_image: segment {index} box {box} outside image {img_h}×{img_w}")
+        if mask_crop.shape != (y1 - y0, x1 - x0):
+            raise ValueError(
+                f"distort_image: segment {index} mask {mask_crop.shape} != box size {(y1 - y0, x1 - x0)}"
+            )
+
+        # Fixed block of draws per segment, whatever fires.
+        gates = rng.random(3)
+        seeds = rng.integers(0, 2**63 - 1, size=3, dtype=np.int64)
+        fires = {kind: (kind in kinds) and bool(gates[i] < p[kind]) for i, kind in enumerate(KINDS)}
+        child = {kind: np.random.default_rng(int(seeds[i])) for i, kind in enumerate(KINDS)}
+
+        area = int(mask_crop.sum())
+        rgb = image[y0:y1, x0:x1].copy()
+        mask = mask_crop.copy()
+        record: dict[str, Any] = {
+            "segment": index,
+            "class_id": class_id,
+            "is_thing": is_thing,
+            "box": [y0, x0, y1, x1],
+            "area": area,
+            "paste_rank": None,
+            "applied": [],
+            "color": None,
+            "shape": None,
+            "resolution": None,
+        }
+
+        if fires["color"]:
+            target = _resolve_color_target(color_targets, index, class_id, child["color"])
+            if target is None or area == 0:
+                record["color"] = {"skipped": "no_target" if target is None else "empty_mask"}
+            else:
+                mean, std, target_id = target
+                rgb = color_transfer(rgb, (mean, std), source_stats=lab_stats(rgb[mask]))
+                record["color"] = {"target_id": target_id, "mean": mean.tolist(), "std": std.tolist()}
+                record["applied"].append("color")
+
+        if fires["shape"]:
+            rgb, mask, info = shape_distort(rgb, mask, child["shape"], **shape_kwargs)
+            record["shape"] = info
+            if info["skipped"] is None:
+                record["applied"].append("shape")
+
+        if fires["resolution"]:
+            scale = float(child["resolution"].uniform(lo, hi))
+            rgb, mask = resolution_distort(rgb, mask, scale)
+            record["resolution"] = {"scale": scale}
+            record["applied"].append("resolution")
+
+        union[y0:y1, x0:x1] |= mask_crop
+        if is_thing:
+            things[y0:y1, x0:x1] |= mask_crop
+        results.append(((y0, x0, y1, x1), mask_crop, rgb, mask, is_thing, area, index))
+        records.append(record)
+
+    out = image.copy()
+    out[union] = 0
+    stuff = union & ~things
+    order = sorted(results, key=lambda r: (r[4], -r[5], r[6]))
+    for rank, ((y0, x0, y1, x1), orig, rgb, mask, is_thing, _area, index) in enumerate(order):
+        allowed = mask & union[y0:y1, x0:x1]
+        if paste_rules == "a1":
+            allowed &= (orig | stuff[y0:y1, x0:x1]) if is_thing else orig
+        region = out[y0:y1, x0:x1]
+        region[allowed] = rgb[allowed]
+        records[index]["paste_rank"] = rank
+    return out, records
