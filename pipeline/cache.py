@@ -16,9 +16,11 @@ Segment database (written by ``resail decompose``)
     n_segments int32, has_instances bool.
 ``segments.h5``:
     /norm_masks   uint8 [N, S*S/8]  np.packbits of the row-major S×S normalised mask; attr mask_size
-    /crop_offsets int64 [N+1]       pixel offset of each crop in the flat crop arrays
-    /rgb_crops    uint8 [P*3]       box-sized RGB crops (H×W×3, C order), concatenated
-    /mask_crops   uint8 [P]         box-sized mask crops (0/1), concatenated
+    /crop_png     uint8 [B]         one PNG file per segment, concatenated: the box-sized crop as RGBA,
+                                    RGB = image pixels, alpha = 255 inside the mask, 0 outside
+    /crop_offsets int64 [N+1]       byte offset of each segment's PNG in /crop_png
+    PNG keeps the database small and lets the workers compress in parallel; any PNG reader can
+    open a crop (``SegmentDB.crop`` decodes it).
     root attrs: schema_version, n_segments, mask_size, min_area, preserved_ratio, db_split,
     dataset_format, data_root, classes (ClassMeta JSON).
 """
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import h5py
 import numpy as np
 import pyarrow as pa
@@ -96,6 +99,25 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", compression_level=3)
 
 
+# --------------------------------------------------------------------------- crops
+def encode_crop(rgb: np.ndarray, mask: np.ndarray) -> bytes:
+    """Box-sized RGB crop + bool mask → PNG bytes (RGBA, alpha = mask). Runs in the workers."""
+    bgra = np.dstack([rgb[:, :, ::-1], mask.astype(np.uint8) * 255])
+    ok, buf = cv2.imencode(".png", bgra, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                          cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_crop(data: np.ndarray | bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_crop`: (RGB H×W×3 uint8, mask H×W bool)."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 3 or arr.shape[2] != 4:
+        raise ValueError("corrupt crop PNG")
+    return np.ascontiguousarray(arr[:, :, 2::-1]), arr[:, :, 3] > 0
+
+
 # --------------------------------------------------------------------------- segment DB writer
 class SegmentWriter:
     """Streams decomposed images into ``segments.h5`` and collects the Parquet rows.
@@ -114,27 +136,24 @@ class SegmentWriter:
         self._masks = self._f.create_dataset("norm_masks", shape=(0, nbytes), maxshape=(None, nbytes), dtype=np.uint8,
                                              chunks=(max(1, min(1024, _H5_CHUNK // nbytes)), nbytes), **_H5_OPTS)
         self._masks.attrs["mask_size"] = mask_size
-        self._rgb = self._f.create_dataset("rgb_crops", shape=(0,), maxshape=(None,), dtype=np.uint8,
-                                           chunks=(_H5_CHUNK,), **_H5_OPTS)
-        self._mask_crops = self._f.create_dataset("mask_crops", shape=(0,), maxshape=(None,), dtype=np.uint8,
-                                                  chunks=(_H5_CHUNK,), **_H5_OPTS)
+        self._png = self._f.create_dataset("crop_png", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                           chunks=(_H5_CHUNK,), track_times=False)
         self._attrs = dict(attrs)
         self._offsets = [0]
         self._cols: dict[str, list] = {f.name: [] for f in SEGMENT_SCHEMA if f.name != "candidate"}
         self._imgs: dict[str, list] = {f.name: [] for f in IMAGE_SCHEMA}
         self._buf_masks: list[np.ndarray] = []
-        self._buf_rgb: list[np.ndarray] = []
-        self._buf_mcrop: list[np.ndarray] = []
-        self._buf_pixels = 0
+        self._buf_png: list[bytes] = []
+        self._buf_bytes = 0
 
     @property
     def n_segments(self) -> int:
         return len(self._cols["segment_id"])
 
     def add_image(self, image_id: str, split: str, height: int, width: int, has_instances: bool,
-                  rows: list[dict], packed_masks: np.ndarray, rgb_crops: list[np.ndarray],
-                  mask_crops: list[np.ndarray]) -> None:
-        """Append one image's segments (``rows`` hold the scalar columns of SEGMENT_SCHEMA)."""
+                  rows: list[dict], packed_masks: np.ndarray, crop_pngs: list[bytes]) -> None:
+        """Append one image's segments (``rows`` hold the scalar columns of SEGMENT_SCHEMA,
+        ``crop_pngs`` the :func:`encode_crop` bytes)."""
         first = self.n_segments
         for k, r in enumerate(rows):
             self._cols["segment_id"].append(first + k)
@@ -142,16 +161,15 @@ class SegmentWriter:
             self._cols["split"].append(split)
             for name in ("class_id", "is_thing", "y0", "x0", "y1", "x1", "area", "box_area", "norm_area", "source"):
                 self._cols[name].append(r[name])
-            self._offsets.append(self._offsets[-1] + rgb_crops[k].shape[0] * rgb_crops[k].shape[1])
+            self._offsets.append(self._offsets[-1] + len(crop_pngs[k]))
         for name, v in (("image_id", image_id), ("split", split), ("height", height), ("width", width),
                         ("first_segment", first), ("n_segments", len(rows)), ("has_instances", has_instances)):
             self._imgs[name].append(v)
         if rows:
             self._buf_masks.append(packed_masks)
-            self._buf_rgb.extend(c.reshape(-1) for c in rgb_crops)
-            self._buf_mcrop.extend(m.reshape(-1).astype(np.uint8) for m in mask_crops)
-            self._buf_pixels += sum(m.size for m in mask_crops)
-        if self._buf_pixels >= 4 * _H5_CHUNK:
+            self._buf_png.extend(crop_pngs)
+            self._buf_bytes += sum(len(b) for b in crop_pngs)
+        if self._buf_bytes >= 4 * _H5_CHUNK:
             self._flush()
 
     @staticmethod
@@ -163,9 +181,8 @@ class SegmentWriter:
     def _flush(self) -> None:
         if self._buf_masks:
             self._append(self._masks, np.concatenate(self._buf_masks))
-            self._append(self._rgb, np.concatenate(self._buf_rgb))
-            self._append(self._mask_crops, np.concatenate(self._buf_mcrop))
-        self._buf_masks, self._buf_rgb, self._buf_mcrop, self._buf_pixels = [], [], [], 0
+            self._append(self._png, np.frombuffer(b"".join(self._buf_png), dtype=np.uint8))
+        self._buf_masks, self._buf_png, self._buf_bytes = [], [], 0
 
     def finish(self, candidate: np.ndarray, segments_parquet: Path, images_parquet: Path) -> None:
         """Flush, write offsets/attrs and the two Parquet tables (all to the given temp paths)."""
@@ -200,6 +217,7 @@ class SegmentDB:
     h5: h5py.File
     meta: ClassMeta
     mask_size: int
+    _offsets: np.ndarray | None = None
 
     @classmethod
     def open(cls, cache_dir: str | Path) -> "SegmentDB":
@@ -215,7 +233,7 @@ class SegmentDB:
         except OSError as e:
             raise CacheError(h5_p, f"not a readable HDF5 file ({e})") from None
         try:
-            for name in ("norm_masks", "crop_offsets", "rgb_crops", "mask_crops"):
+            for name in ("norm_masks", "crop_offsets", "crop_png"):
                 if name not in h5:
                     raise CacheError(h5_p, f"dataset /{name} is missing")
             n = segments.num_rows
@@ -226,8 +244,8 @@ class SegmentDB:
             if h5["crop_offsets"].shape != (n + 1,):
                 raise CacheError(h5_p, f"/crop_offsets has {h5['crop_offsets'].shape[0]} entries, expected {n + 1}")
             total = int(h5["crop_offsets"][-1]) if n else 0
-            if h5["mask_crops"].shape[0] != total or h5["rgb_crops"].shape[0] != 3 * total:
-                raise CacheError(h5_p, "crop arrays do not match /crop_offsets (truncated file?)")
+            if h5["crop_png"].shape[0] != total:
+                raise CacheError(h5_p, "/crop_png does not match /crop_offsets (truncated file?)")
             ids = segments.column("segment_id").to_numpy()
             if n and not np.array_equal(ids, np.arange(n)):
                 raise CacheError(seg_p, "segment_id is not dense 0..N-1 in row order")
@@ -266,14 +284,15 @@ class SegmentDB:
     def crop(self, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(RGB crop H×W×3 uint8, mask crop H×W bool) of one segment, box-sized."""
         seg = int(segment_id)
-        y0, x0, y1, x1 = (int(self.segments.column(c)[seg].as_py()) for c in ("y0", "x0", "y1", "x1"))
-        h, w = y1 - y0, x1 - x0
-        a, b = (int(v) for v in self.h5["crop_offsets"][seg:seg + 2])
-        if b - a != h * w:
-            raise CacheError(self.cache_dir / SEGMENTS_H5, f"crop of segment {seg} has {b - a} pixels, box says {h * w}")
-        rgb = self.h5["rgb_crops"][3 * a:3 * b].reshape(h, w, 3)
-        mask = self.h5["mask_crops"][a:b].reshape(h, w).astype(bool)
-        return rgb, mask
+        if not 0 <= seg < len(self):
+            raise CacheError(self.cache_dir / SEGMENTS_H5, f"segment {seg} out of range 0..{len(self) - 1}")
+        if self._offsets is None:
+            self._offsets = self.h5["crop_offsets"][...]
+        a, b = int(self._offsets[seg]), int(self._offsets[seg + 1])
+        try:
+            return decode_crop(self.h5["crop_png"][a:b])
+        except ValueError as e:
+            raise CacheError(self.cache_dir / SEGMENTS_H5, f"crop of segment {seg}: {e}") from None
 
     def image_rows(self, split: str | None = None) -> list[dict]:
         rows = self.images.to_pylist()
@@ -354,3 +373,18 @@ def image_key(split: str, image_id: str) -> str:
 
 def valid_key(split: str, image_id: str) -> str:
     return f"/{split}/{image_id}__valid"
+
+
+# --------------------------------------------------------------------------- distortion audit table
+DISTORTIONS_PARQUET = "distortions.parquet"
+DISTORTION_SCHEMA = pa.schema([
+    ("split", pa.string()), ("image_id", pa.string()), ("variant", pa.int32()), ("segment_id", pa.int64()),
+    ("applied", pa.string()), ("color_target", pa.int64()), ("shape_skipped", pa.string()),
+    ("n_moved", pa.int32()), ("scale", pa.float32()),
+])
+"""``distortions.parquet`` — audit of ``distortions.h5``: one row per (image, variant, segment), in
+the HDF5's image order, then variant, then segment_id. ``applied``: kinds actually applied joined by
+``+`` in the order colour, shape, resolution (empty: none); ``color_target``: segment whose lαβ
+statistics were transferred (-1: none); ``shape_skipped``: why a drawn shape distortion was not
+applied (empty: applied or not drawn); ``n_moved``: control points moved by an applied shape
+distortion (0 otherwise); ``scale``: resolution scale (1.0 when not drawn)."""

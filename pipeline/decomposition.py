@@ -37,8 +37,7 @@ class ImageSegments:
     has_instances: bool
     rows: list[dict]
     packed: np.ndarray  # [n, S*S/8] uint8
-    rgb_crops: list[np.ndarray]
-    mask_crops: list[np.ndarray]
+    crop_pngs: list[bytes]  # cache.encode_crop of each segment
 
 
 @dataclass
@@ -65,17 +64,16 @@ def decompose_sample(ref: SampleRef, adapter: DatasetAdapter, params: DecomposeP
     segs = decompose(sample.labels, sample.instances, adapter.classes(), params.min_area)
     S = params.mask_size
     packed = np.zeros((len(segs), S * S // 8), dtype=np.uint8)
-    rows, rgb, masks = [], [], []
+    rows, pngs = [], []
     for k, s in enumerate(segs):
         norm = normalised_mask(s.mask, S)
         packed[k] = pack_mask(norm)
         y0, x0, y1, x1 = s.box
         rows.append(dict(class_id=s.class_id, is_thing=s.is_thing, y0=y0, x0=x0, y1=y1, x1=x1, area=s.area,
                          box_area=s.box_area, norm_area=int(norm.sum()), source=s.source))
-        rgb.append(np.ascontiguousarray(sample.image[y0:y1, x0:x1]))
-        masks.append(s.mask)
+        pngs.append(cache.encode_crop(sample.image[y0:y1, x0:x1], s.mask))
     h, w = sample.labels.shape
-    return ImageSegments(ref, h, w, sample.instances is not None, rows, packed, rgb, masks)
+    return ImageSegments(ref, h, w, sample.instances is not None, rows, packed, pngs)
 
 
 def collect_refs(adapter: DatasetAdapter, splits: list[str] | None) -> list[SampleRef]:
@@ -120,7 +118,7 @@ def build_segment_db(adapter: DatasetAdapter, out_dir: str | Path, *, splits: li
                                     "image": str(res.ref.image), "error": res.error})
                     continue
                 writer.add_image(res.ref.image_id, res.ref.split, res.height, res.width, res.has_instances,
-                                 res.rows, res.packed, res.rgb_crops, res.mask_crops)
+                                 res.rows, res.packed, res.crop_pngs)
             n_images = len(refs) - len(skipped)
             if n_images == 0:
                 cache.write_json_atomic(out_dir / cache.SKIPPED_JSON, skipped)

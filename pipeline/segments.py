@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+from scipy import ndimage
+from skimage import measure
 
 from pipeline.datasets.base import ClassMeta
 
@@ -38,55 +39,48 @@ class Segment:
         return (y1 - y0) * (x1 - x0)
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
-
-
-def _components(mask: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray, int]]:
-    """8-connected components of a bool mask as (box, mask crop, area), in label (raster) order."""
-    n, cc, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    out = []
-    for k in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[k])
-        crop = cc[y:y + h, x:x + w] == k
-        out.append(((y, x, y + h, x + w), crop, area))
-    return out
-
-
 def decompose(labels: np.ndarray, instances: np.ndarray | None, meta: ClassMeta, min_area: int = 16) -> list[Segment]:
-    """All segments of one label map, ordered by class id, then instances by id, then components.
+    """All segments of one label map, ordered by class id, then instances by id, then components
+    in raster order of their first pixel.
 
-    The order is a pure function of the inputs, so segment ids are reproducible.
+    The order is a pure function of the inputs, so segment ids are reproducible. Components of all
+    classes come from one labelling pass over the map (pixels of instances and void excluded).
     """
     things = meta.thing_ids
-    segments: list[Segment] = []
-    present = np.unique(labels)
-    for cid in present.tolist():
-        if cid == meta.ignore_id:
-            continue
-        cls_mask = labels == cid
-        is_thing = cid in things
-        rest = cls_mask
-        if is_thing and instances is not None:
-            inst_here = np.where(cls_mask, instances, 0)
-            for iid in np.unique(inst_here).tolist():
-                if iid == 0:
-                    continue
-                m = inst_here == iid
-                area = int(m.sum())
+    ignore = meta.ignore_id
+    labels = np.asarray(labels)
+    by_class: dict[int, list[Segment]] = {}
+    comp_map = labels.astype(np.int64, copy=True)
+    if instances is not None:
+        is_thing_px = np.isin(labels, list(things)) & (instances != 0)
+        if is_thing_px.any():
+            keys = labels[is_thing_px].astype(np.int64), instances[is_thing_px].astype(np.int64)
+            pairs = np.unique(np.stack(keys, axis=1), axis=0)  # (class, instance) sorted
+            ys, xs = np.nonzero(is_thing_px)
+            for cid, iid in pairs.tolist():
+                sel = (keys[0] == cid) & (keys[1] == iid)
+                area = int(sel.sum())
                 if area < min_area:
                     continue
-                y0, x0, y1, x1 = _bbox(m)
-                segments.append(Segment(cid, True, (y0, x0, y1, x1), area, SOURCE_INSTANCE, m[y0:y1, x0:x1].copy()))
-            rest = cls_mask & (inst_here == 0)
-            if not rest.any():
-                continue
-        for box, crop, area in _components(rest):
-            if area >= min_area:
-                segments.append(Segment(cid, is_thing, box, area, SOURCE_COMPONENT, crop))
-    return segments
+                yy, xx = ys[sel], xs[sel]
+                y0, x0, y1, x1 = int(yy.min()), int(xx.min()), int(yy.max()) + 1, int(xx.max()) + 1
+                m = np.zeros((y1 - y0, x1 - x0), bool)
+                m[yy - y0, xx - x0] = True
+                by_class.setdefault(cid, []).append(Segment(cid, True, (y0, x0, y1, x1), area, SOURCE_INSTANCE, m))
+            comp_map[is_thing_px] = ignore
+    # One 8-connected labelling of all classes at once: equal neighbouring values share a component.
+    cc = measure.label(comp_map, background=ignore, connectivity=2)
+    for k, sl in enumerate(ndimage.find_objects(cc), start=1):
+        if sl is None:
+            continue
+        crop = cc[sl] == k
+        area = int(crop.sum())
+        if area < min_area:
+            continue
+        cid = int(comp_map[sl][crop][0])
+        box = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
+        by_class.setdefault(cid, []).append(Segment(cid, cid in things, box, area, SOURCE_COMPONENT, crop))
+    return [seg for cid in sorted(by_class) for seg in by_class[cid]]
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:

@@ -54,7 +54,7 @@ def text_tile(text: str, height: int, width: int, color=(255, 255, 255), backgro
     tile = np.full((height, width, 3), background, np.uint8)
     scale = 0.4
     for k, line in enumerate(_wrap(text, max(4, width // 8))[:3]):
-        cv2.putText(tile, line, (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+        cv2.putText(tile, line, (10, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
     return tile
 
 
