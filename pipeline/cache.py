@@ -217,7 +217,8 @@ class SegmentDB:
     h5: h5py.File
     meta: ClassMeta
     mask_size: int
-    _offsets: np.ndarray | None = None
+    _offsets: np.ndarray | None = None  # loaded on the first crop() call
+    _png_ds: h5py.Dataset | None = None
 
     @classmethod
     def open(cls, cache_dir: str | Path) -> "SegmentDB":
@@ -288,9 +289,10 @@ class SegmentDB:
             raise CacheError(self.cache_dir / SEGMENTS_H5, f"segment {seg} out of range 0..{len(self) - 1}")
         if self._offsets is None:
             self._offsets = self.h5["crop_offsets"][...]
+            self._png_ds = self.h5["crop_png"]
         a, b = int(self._offsets[seg]), int(self._offsets[seg + 1])
         try:
-            return decode_crop(self.h5["crop_png"][a:b])
+            return decode_crop(self._png_ds[a:b])
         except ValueError as e:
             raise CacheError(self.cache_dir / SEGMENTS_H5, f"crop of segment {seg}: {e}") from None
 
