@@ -23,3 +23,12 @@ def bench_decompose(p: Params, fmt, data_root, jobs_list, repeat) -> None:
 
     run_decompose_bench(p.get("dataset", "format", fmt, "folder"), p.get("dataset", "root", data_root),
                         tuple(int(j) for j in jobs_list.split(",")), repeat)
+
+
+def _register() -> None:
+    from stages.distort import bench_command as distort_bench
+
+    command.add_command(distort_bench)
+
+
+_register()

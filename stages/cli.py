@@ -35,9 +35,9 @@ def main(ctx: click.Context, params_file: str | None) -> None:
 
 
 def _register() -> None:
-    from stages import bench, compose, contact_sheet, decompose
+    from stages import bench, compose, contact_sheet, decompose, distort
 
-    for mod in (decompose, contact_sheet, compose, bench):
+    for mod in (decompose, contact_sheet, compose, distort, bench):
         main.add_command(mod.command)
 
 

@@ -1,0 +1,616 @@
+"""Pre-generated distorted ground truth (``resail distort``; paper appendix A.2, method notes §4).
+
+The released code distorts the real image online in its data loader; **ours** pre-generates ``K``
+seeded variants per image once, so a training run reads them like any other cache and a run can be
+audited afterwards. The per-image work is :func:`pipeline.distortions.distort_image`; this module is
+the dataset-level driver around it.
+
+Per image of the selected splits (default: the segment database's ``db_split``, i.e. the training
+images), in the database's image order:
+
+1. the real image is loaded through the dataset adapter (format and root from the segment database's
+   attributes, overridable); its size must match ``images.parquet`` (else: stale cache);
+2. its segments come from the segment database: box, mask crop, class, thing flag, in segment order;
+3. ``distort_image`` is called ``K`` times, variant ``v`` with the generator
+   ``default_rng(SeedSequence([seed, crc32("<split>/<image_id>"), v]))`` — a function of the seed and
+   the image's name only, so the bytes do not depend on the order, ``--jobs``, the backend or which
+   other images are processed;
+4. the ``K`` recomposed images go to ``distortions.h5`` and one audit row per (variant, segment) to
+   ``distortions.parquet`` (schemas in :mod:`pipeline.cache`). Both are written atomically.
+
+Colour targets
+--------------
+The colour distortion transfers the lαβ mean/std (population, of the target's *masked* crop pixels)
+of a random segment of the same class. The target is drawn with the colour generator that
+``distort_image`` hands to the chooser:
+
+* ``color_targets="retrieval"`` (``"auto"`` when ``retrieval.parquet`` exists): uniformly among the
+  segment's retrieved candidates (all ranks). **Ours:** candidates of another class or of the same
+  image are dropped (``resail retrieve`` should not produce them for training queries), and a
+  segment left without a candidate falls back to the class rule below ("prefer" in the issue);
+* ``color_targets="class"`` (``"auto"`` without ``retrieval.parquet``): uniformly among the
+  non-empty segments of the same class in the *other* images of the database split (sorted by
+  segment id, so the draw is reproducible). No such segment: the colour distortion is recorded as
+  skipped (``no_target``) and the segment keeps its colours.
+
+Target statistics are computed once, before the per-image work, for every segment that can be a
+target (the database split's non-empty segments; decoding each crop once), in chunks of contiguous
+segments run in parallel with the same ``--jobs``; the chunking does not depend on ``--jobs``.
+``color_targets`` in the root attrs is ``none`` when the colour distortion cannot fire.
+
+Files
+-----
+``distortions.h5``: ``/<split>/<image_id>`` uint8 ``[K, H, W, 3]``, gzip, one chunk per variant,
+``track_times=False``, datasets created in image order; dataset attrs ``first_segment``,
+``n_segments``; root attrs ``schema_version``, ``seed``, ``variants``, ``kinds`` (comma list),
+``probs`` (JSON), ``scale_range`` (JSON), ``paste_rules``, ``color_targets`` (the mode actually used:
+``retrieval``, ``class`` or ``none``), ``splits`` (comma list), ``db_split``, ``n_images``.
+``distortions.parquet``: :data:`pipeline.cache.DISTORTION_SCHEMA`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import cv2
+import h5py
+import numpy as np
+import pyarrow as pa
+
+from pipeline import cache
+from pipeline.cache import SegmentDB
+from pipeline.datasets import open_dataset
+from pipeline.datasets.base import DatasetAdapter, SampleRef
+from pipeline.distortions import KINDS, distort_image, lab_stats
+from pipeline.errors import CacheError, ConfigError, DataError, ResailError
+from pipeline.parallel import ordered_map
+from pipeline.visualize import hstack, write_png
+
+__all__ = [
+    "COLOR_TARGET_MODES",
+    "DistortParams",
+    "DistortSummary",
+    "ColorTargets",
+    "variant_rng",
+    "image_hash",
+    "parse_kinds",
+    "build_color_targets",
+    "build_distortions",
+    "read_distortions",
+    "dataset_source",
+    "sample_refs",
+    "preview",
+]
+
+SCHEMA_VERSION = 1
+COLOR_TARGET_MODES = ("auto", "retrieval", "class")
+PREVIEW_DIR = "distort_preview"
+
+_H5_OPTS = dict(compression="gzip", compression_opts=1, track_times=False)
+_STATS_CHUNK_PIXELS = 1 << 21  # pixels of crops per colour-statistics task (fixed: not tied to --jobs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------------
+def parse_kinds(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"color,shape"`` / a list → kinds in the canonical order of :data:`KINDS`; ConfigError if bad."""
+    if value is None:
+        return KINDS
+    items = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s).strip() for s in value]
+    items = [s for s in items if s]
+    unknown = sorted(set(items) - set(KINDS))
+    if unknown:
+        raise ConfigError(None, f"unknown distortion kind(s) {', '.join(unknown)} (choose from {', '.join(KINDS)})")
+    if not items:
+        raise ConfigError(None, f"no distortion kind selected (choose from {', '.join(KINDS)})")
+    return tuple(k for k in KINDS if k in items)
+
+
+@dataclass(frozen=True)
+class DistortParams:
+    """What a run of ``resail distort`` depends on (besides the caches). Validated on creation."""
+
+    variants: int = 4
+    seed: int = 0
+    kinds: tuple[str, ...] = KINDS
+    probs: Mapping[str, float] = field(default_factory=lambda: {k: 1.0 for k in KINDS})
+    scale_range: tuple[float, float] = (0.5, 1.0)
+    paste_rules: str = "a1"
+    color_targets: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.variants, bool) or int(self.variants) != self.variants or self.variants < 1:
+            raise ConfigError(None, f"variants must be a positive integer, got {self.variants!r}")
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
+            raise ConfigError(None, f"seed must be a non-negative integer, got {self.seed!r}")
+        object.__setattr__(self, "kinds", parse_kinds(self.kinds))
+        probs = {k: 1.0 for k in KINDS}
+        for k, v in dict(self.probs).items():
+            if k not in KINDS:
+                raise ConfigError(None, f"probability of unknown distortion kind '{k}'")
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(None, f"probability of '{k}' must be a number, got {v!r}") from None
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(None, f"probability of '{k}' must be in [0, 1], got {v}")
+            probs[k] = v
+        object.__setattr__(self, "probs", probs)
+        lo, hi = (float(v) for v in self.scale_range)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(None, f"resolution scale range must satisfy 0 < min <= max <= 1, got ({lo}, {hi})")
+        object.__setattr__(self, "scale_range", (lo, hi))
+        if self.paste_rules not in ("a1", "free"):
+            raise ConfigError(None, f"paste_rules must be 'a1' or 'free', got {self.paste_rules!r}")
+        if self.color_targets not in COLOR_TARGET_MODES:
+            raise ConfigError(None, f"color_targets must be one of {', '.join(COLOR_TARGET_MODES)}, "
+                                    f"got {self.color_targets!r}")
+
+    @property
+    def color_may_fire(self) -> bool:
+        return "color" in self.kinds and self.probs["color"] > 0.0
+
+
+@dataclass
+class DistortSummary:
+    n_images: int
+    n_segments: int
+    variants: int
+    splits: list[str]
+    color_targets: str  # "retrieval" | "class" | "none" (colour off)
+    applied: dict[str, int]  # per kind: (variant, segment) pairs where it was applied
+    stats_s: float  # seconds spent on target colour statistics
+    total_s: float
+    out_dir: Path
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeding
+# --------------------------------------------------------------------------------------------------
+def image_hash(split: str, image_id: str) -> int:
+    """Stable 32-bit name hash of an image (``zlib.crc32`` of ``"<split>/<image_id>"`` in UTF-8)."""
+    return zlib.crc32(f"{split}/{image_id}".encode("utf-8"))
+
+
+def variant_rng(seed: int, split: str, image_id: str, variant: int) -> np.random.Generator:
+    """The generator of one (image, variant): ``SeedSequence([seed, image_hash, variant])``."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), image_hash(split, image_id), int(variant)]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-process handles (workers open the caches themselves: only paths cross process borders)
+# --------------------------------------------------------------------------------------------------
+_DBS: dict[str, tuple[tuple, SegmentDB]] = {}
+
+
+def _db_signature(cache_dir: Path) -> tuple:
+    sig = []
+    for name in (cache.SEGMENTS_H5, cache.SEGMENTS_PARQUET, cache.IMAGES_PARQUET):
+        try:
+            st = os.stat(cache_dir / name)
+        except OSError:
+            return ()
+        sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
+def _worker_db(cache_dir: str | Path) -> SegmentDB:
+    """The segment database of ``cache_dir``, opened once per process (re-opened if rewritten)."""
+    cache_dir = Path(cache_dir)
+    key = str(cache_dir.resolve())
+    sig = _db_signature(cache_dir)
+    held = _DBS.get(key)
+    if held is not None and held[0] == sig and sig:
+        return held[1]
+    if held is not None:
+        held[1].close()
+        del _DBS[key]
+    db = SegmentDB.open(cache_dir)
+    _DBS[key] = (sig, db)
+    return db
+
+
+def _release_dbs() -> None:
+    """Close the databases and forget the adapters this process holds (workers' go when they exit)."""
+    for _sig, db in _DBS.values():
+        db.close()
+    _DBS.clear()
+    _worker_adapter.cache_clear()
+
+
+@lru_cache(maxsize=4)
+def _worker_adapter(fmt: str, root: str) -> DatasetAdapter:
+    return open_dataset(fmt, root)
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour targets
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ColorTargets:
+    """Everything a worker needs to pick a colour target (plain arrays: pickles/memmaps cheaply).
+
+    ``stats``: float64 ``[N, 6]`` lαβ (mean, std) per segment id, NaN where not computed.
+    ``pools``: class id → sorted ids of the non-empty database-split segments of that class.
+    ``offsets``/``candidates``: CSR of the filtered retrieved candidates per query (rank order),
+    or None when retrieval is not used. ``mode``: ``"retrieval"`` or ``"class"``.
+    """
+
+    mode: str
+    stats: np.ndarray
+    pools: dict[int, np.ndarray]
+    offsets: np.ndarray | None = None
+    candidates: np.ndarray | None = None
+
+    def pick(self, segment_id: int, class_id: int, first: int, n: int, rng: np.random.Generator) -> int | None:
+        """Target id for one segment of the image whose segments are ``first..first+n-1``."""
+        if self.offsets is not None:
+            a, b = int(self.offsets[segment_id]), int(self.offsets[segment_id + 1])
+            if b > a:
+                return int(self.candidates[a + int(rng.integers(b - a))])
+        pool = self.pools.get(int(class_id))
+        if pool is None or pool.size == 0:
+            return None
+        lo, hi = (int(v) for v in np.searchsorted(pool, [first, first + n]))
+        size = pool.size - (hi - lo)
+        if size <= 0:
+            return None
+        k = int(rng.integers(size))
+        return int(pool[k if k < lo else k + (hi - lo)])
+
+    def chooser(self, first: int, n: int) -> Callable[[int, int, np.random.Generator], tuple | None]:
+        """``f(segment_index, class_id, rng)`` for :func:`distort_image`."""
+        def choose(index: int, class_id: int, rng: np.random.Generator):
+            target = self.pick(first + index, class_id, first, n, rng)
+            if target is None:
+                return None
+            s = self.stats[target]
+            return s[:3], s[3:], target
+        return choose
+
+
+def _stats_chunk(run: tuple[int, int], *, cache_dir: str) -> np.ndarray:
+    """lαβ (mean, std) ``[n, 6]`` of the masked crop pixels of segments ``run[0]..run[1]-1``."""
+    first, stop = run
+    db = _worker_db(cache_dir)
+    out = np.full((stop - first, 6), np.nan)
+    for i, sid in enumerate(range(first, stop)):
+        rgb, mask = db.crop(sid)
+        if mask.any():
+            mean, std = lab_stats(rgb[mask])
+            out[i, :3], out[i, 3:] = mean, std
+    return out
+
+
+def _runs(ids: np.ndarray, box_area: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Split sorted ids into contiguous half-open ranges of at most ``budget`` crop pixels each."""
+    runs: list[tuple[int, int]] = []
+    if ids.size == 0:
+        return runs
+    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+    for block in np.split(ids, breaks):
+        start, pixels = int(block[0]), 0
+        for sid in block:
+            px = int(box_area[sid])
+            if pixels and pixels + px > budget:
+                runs.append((start, int(sid)))
+                start, pixels = int(sid), 0
+            pixels += px
+        runs.append((start, int(block[-1]) + 1))
+    return runs
+
+
+def build_color_targets(db: SegmentDB, mode: str = "auto", *, db_split: str | None = None, jobs: int = 1,
+                        backend: str = "loky", scheduler: str | None = None, progress: bool = True) -> ColorTargets:
+    """Candidate lists and target statistics for the colour distortion (module docstring)."""
+    if mode not in COLOR_TARGET_MODES:
+        raise ConfigError(None, f"color_targets must be one of {', '.join(COLOR_TARGET_MODES)}, got {mode!r}")
+    db_split = db_split or str(db.attrs.get("db_split", "train"))
+    n = len(db)
+    class_ids = db.col("class_id").astype(np.int64)
+    area = db.col("area").astype(np.int64)
+    in_db = (db.col("split").astype(object) == db_split) & (area > 0)
+    images = db.images
+    n_seg = images.column("n_segments").to_numpy().astype(np.int64)
+    seg_image = np.repeat(np.arange(len(n_seg)), n_seg)
+    if seg_image.size != n:
+        raise CacheError(db.cache_dir / cache.IMAGES_PARQUET,
+                         f"n_segments adds up to {seg_image.size} but segments.parquet has {n} rows")
+
+    use_retrieval = mode == "retrieval" or (mode == "auto" and (db.cache_dir / cache.RETRIEVAL_PARQUET).is_file())
+    offsets = candidates = None
+    if use_retrieval:
+        table, _ = cache.read_retrieval(db.cache_dir, n)
+        q = table.column("query_id").to_numpy().astype(np.int64)
+        c = table.column("candidate_id").to_numpy().astype(np.int64)
+        r = table.column("rank").to_numpy().astype(np.int64)
+        if q.size and (q.min() < 0 or c.min() < 0):
+            raise CacheError(db.cache_dir / cache.RETRIEVAL_PARQUET, "negative segment id")
+        order = np.lexsort((r, q))
+        q, c = q[order], c[order]
+        keep = (class_ids[c] == class_ids[q]) & (seg_image[c] != seg_image[q]) & in_db[c]
+        q, c = q[keep], c[keep]
+        offsets = np.searchsorted(q, np.arange(n + 1)).astype(np.int64)
+        candidates = c
+
+    pools = {int(k): np.flatnonzero(in_db & (class_ids == k)).astype(np.int64) for k in np.unique(class_ids[in_db])}
+    ids = np.flatnonzero(in_db)
+    stats = np.full((n, 6), np.nan)
+    runs = _runs(ids, db.col("box_area").astype(np.int64), _STATS_CHUNK_PIXELS)
+    res = ordered_map(_stats_chunk, runs, jobs=jobs, backend=backend, scheduler=scheduler, desc="colour stats",
+                      unit="chunk", progress=progress, cache_dir=str(db.cache_dir))
+    try:
+        for (a, b), part in zip(runs, res):
+            stats[a:b] = part
+    finally:
+        res.close()
+    return ColorTargets("retrieval" if use_retrieval else "class", stats, pools, offsets, candidates)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per image
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _ImageTask:
+    ref: SampleRef
+    height: int
+    width: int
+    first: int
+    boxes: np.ndarray  # [n, 4] int64 (y0, x0, y1, x1)
+    class_ids: np.ndarray  # [n] int64
+    is_thing: np.ndarray  # [n] bool
+
+
+@dataclass
+class _Context:
+    cache_dir: str
+    fmt: str
+    data_root: str
+    params: DistortParams
+    targets: ColorTargets | None
+
+
+@dataclass
+class _ImageResult:
+    split: str
+    image_id: str
+    first: int
+    variants: np.ndarray  # [K, H, W, 3] uint8
+    columns: dict[str, Any]
+
+
+@dataclass
+class _Failure:
+    error: type
+    path: str | None
+    problem: str
+
+
+def _columns(task: _ImageTask, records_per_variant: list[list[dict]]) -> dict[str, Any]:
+    variant, seg, applied, target, skipped, moved, scale = [], [], [], [], [], [], []
+    for v, records in enumerate(records_per_variant):
+        for rec in records:
+            variant.append(v)
+            seg.append(task.first + rec["segment"])
+            applied.append("+".join(rec["applied"]))
+            color, shape, res = rec["color"], rec["shape"], rec["resolution"]
+            target.append(-1 if "color" not in rec["applied"] or color.get("target_id") is None
+                          else int(color["target_id"]))
+            skipped.append(shape["skipped"] if shape is not None and shape["skipped"] else "")
+            moved.append(len(shape["moved"]) if "shape" in rec["applied"] else 0)
+            scale.append(res["scale"] if res is not None else 1.0)
+    m = len(variant)
+    return {
+        "split": [task.ref.split] * m, "image_id": [task.ref.image_id] * m,
+        "variant": np.asarray(variant, np.int32), "segment_id": np.asarray(seg, np.int64),
+        "applied": applied, "color_target": np.asarray(target, np.int64), "shape_skipped": skipped,
+        "n_moved": np.asarray(moved, np.int32), "scale": np.asarray(scale, np.float32),
+    }
+
+
+def distort_task(task: _ImageTask, *, ctx: _Context) -> _ImageResult | _Failure:
+    """All ``K`` variants of one image (runs in a worker; expected errors come back as a value)."""
+    p = ctx.params
+    ref = task.ref
+    try:
+        sample = _worker_adapter(ctx.fmt, ctx.data_root).load(ref)
+        if sample.image.shape[:2] != (task.height, task.width):
+            raise CacheError(Path(ctx.cache_dir) / cache.IMAGES_PARQUET,
+                             f"image {ref.split}/{ref.image_id} is {sample.image.shape[1]}x{sample.image.shape[0]} "
+                             f"on disk but {task.width}x{task.height} in the segment database "
+                             "(stale cache: re-run `resail decompose`)")
+        db = _worker_db(ctx.cache_dir)
+        segments = []
+        for i in range(len(task.class_ids)):
+            y0, x0, y1, x1 = (int(v) for v in task.boxes[i])
+            _, mask = db.crop(task.first + i)
+            if mask.shape != (y1 - y0, x1 - x0):
+                raise CacheError(Path(ctx.cache_dir) / cache.SEGMENTS_H5,
+                                 f"crop of segment {task.first + i} is {mask.shape[1]}x{mask.shape[0]}, its box "
+                                 f"{x1 - x0}x{y1 - y0} (corrupt cache)")
+            segments.append(((y0, x0, y1, x1), mask, int(task.class_ids[i]), bool(task.is_thing[i])))
+    except ResailError as e:
+        return _Failure(type(e), e.path, e.problem)
+    n = len(segments)
+    chooser = ctx.targets.chooser(task.first, n) if ctx.targets is not None else None
+    out = np.empty((p.variants, task.height, task.width, 3), np.uint8)
+    records = []
+    for v in range(p.variants):
+        rng = variant_rng(p.seed, ref.split, ref.image_id, v)
+        out[v], recs = distort_image(sample.image, segments, chooser, rng, p.probs, p.kinds,
+                                     scale_range=p.scale_range, paste_rules=p.paste_rules)
+        records.append(recs)
+    return _ImageResult(ref.split, ref.image_id, task.first, out, _columns(task, records))
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset driver
+# --------------------------------------------------------------------------------------------------
+def _select_images(db: SegmentDB, splits: list[str]) -> list[dict]:
+    rows = db.image_rows()
+    present = {r["split"] for r in rows}
+    for s in splits:
+        if s not in present:
+            raise CacheError(db.cache_dir / cache.IMAGES_PARQUET,
+                             f"no images of split '{s}' in the segment database "
+                             f"(it has: {', '.join(sorted(present)) or 'none'})")
+    return [r for r in rows if r["split"] in splits]
+
+
+def dataset_source(db: SegmentDB, fmt: str | None, data_root: str | Path | None) -> tuple[str, str]:
+    attrs = db.attrs
+    fmt = fmt or attrs.get("dataset_format")
+    root = data_root or attrs.get("data_root")
+    if not fmt or not root:
+        raise CacheError(db.cache_dir / cache.SEGMENTS_H5,
+                         "no dataset_format/data_root attributes: pass --format and --data-root")
+    return str(fmt), str(root)
+
+
+def sample_refs(adapter: DatasetAdapter, rows: list[dict]) -> list[SampleRef]:
+    by_split: dict[str, dict[str, SampleRef]] = {}
+    out = []
+    for r in rows:
+        if r["split"] not in by_split:
+            by_split[r["split"]] = {ref.image_id: ref for ref in adapter.refs(r["split"])}
+        ref = by_split[r["split"]].get(r["image_id"])
+        if ref is None:
+            raise DataError(adapter.root, f"image {r['split']}/{r['image_id']} of the segment database is not in "
+                                          "the dataset (stale cache or wrong --data-root)")
+        out.append(ref)
+    return out
+
+
+def build_distortions(cache_dir: str | Path, params: DistortParams = DistortParams(), *,
+                      splits: Sequence[str] | None = None, fmt: str | None = None,
+                      data_root: str | Path | None = None, out_dir: str | Path | None = None, jobs: int = 1,
+                      backend: str = "loky", scheduler: str | None = None, progress: bool = True) -> DistortSummary:
+    """Write ``distortions.h5`` and ``distortions.parquet`` into ``out_dir`` (default ``cache_dir``).
+
+    ``splits``: splits to distort *besides* the database split (which is always included first).
+    ``fmt``/``data_root`` override the dataset recorded in the segment database. Expected problems
+    raise :class:`CacheError` / :class:`DataError` / :class:`ConfigError` before anything is
+    written, or while writing, in which case no output file is replaced.
+    """
+    t_start = time.perf_counter()
+    cache_dir = Path(cache_dir)
+    out_dir = Path(out_dir) if out_dir is not None else cache_dir
+    try:
+        db = _worker_db(cache_dir)
+        db_split = str(db.attrs.get("db_split", "train"))
+        wanted = [db_split] + [s for s in dict.fromkeys(splits or []) if s != db_split]
+        rows = _select_images(db, wanted)
+        fmt, root = dataset_source(db, fmt, data_root)
+        refs = sample_refs(open_dataset(fmt, root), rows)
+        boxes = np.stack([db.col(c).astype(np.int64) for c in ("y0", "x0", "y1", "x1")], axis=1)
+        class_ids, is_thing = db.col("class_id").astype(np.int64), db.col("is_thing").astype(bool)
+        tasks = []
+        for r, ref in zip(rows, refs):
+            a, b = int(r["first_segment"]), int(r["first_segment"]) + int(r["n_segments"])
+            tasks.append(_ImageTask(ref, int(r["height"]), int(r["width"]), a, boxes[a:b], class_ids[a:b],
+                                    is_thing[a:b]))
+        t0 = time.perf_counter()
+        targets = (build_color_targets(db, params.color_targets, db_split=db_split, jobs=jobs, backend=backend,
+                                       scheduler=scheduler, progress=progress) if params.color_may_fire else None)
+        stats_s = time.perf_counter() - t0
+        ctx = _Context(str(cache_dir), fmt, root, params, targets)
+        applied = {k: 0 for k in KINDS}
+        n_segments = 0
+        batches: list[pa.RecordBatch] = []
+        targets_mode = targets.mode if targets is not None else "none"
+        h5_path, pq_path = out_dir / cache.DISTORTIONS_H5, out_dir / cache.DISTORTIONS_PARQUET
+        with cache.atomic_outputs(h5_path, pq_path) as (h5_tmp, pq_tmp):
+            with h5py.File(h5_tmp, "w", libver="earliest", track_order=False) as f:
+                for k, v in (("schema_version", SCHEMA_VERSION), ("seed", int(params.seed)),
+                             ("variants", int(params.variants)), ("kinds", ",".join(params.kinds)),
+                             ("probs", json.dumps(params.probs, sort_keys=True)),
+                             ("scale_range", json.dumps(list(params.scale_range))),
+                             ("paste_rules", params.paste_rules), ("color_targets", targets_mode),
+                             ("splits", ",".join(wanted)), ("db_split", db_split), ("n_images", len(tasks))):
+                    f.attrs[k] = v
+                results = ordered_map(distort_task, tasks, jobs=jobs, backend=backend, scheduler=scheduler,
+                                      desc="distort", progress=progress, ctx=ctx)
+                try:
+                    for task, res in zip(tasks, results):
+                        if isinstance(res, _Failure):
+                            raise res.error(res.path, res.problem)
+                        ds = f.create_dataset(cache.image_key(res.split, res.image_id), data=res.variants,
+                                              chunks=(1, *res.variants.shape[1:]), **_H5_OPTS)
+                        ds.attrs["first_segment"] = res.first
+                        ds.attrs["n_segments"] = len(task.class_ids)
+                        n_segments += len(task.class_ids)
+                        batch = pa.record_batch([pa.array(res.columns[fl.name], type=fl.type)
+                                                 for fl in cache.DISTORTION_SCHEMA], schema=cache.DISTORTION_SCHEMA)
+                        for kind in KINDS:
+                            applied[kind] += sum(kind in a.split("+") for a in res.columns["applied"])
+                        batches.append(batch)
+                finally:
+                    results.close()
+            table = pa.Table.from_batches(batches, schema=cache.DISTORTION_SCHEMA).combine_chunks()
+            cache.write_parquet(table, pq_tmp)
+    finally:
+        _release_dbs()
+    return DistortSummary(len(tasks), n_segments, params.variants, wanted, targets_mode, applied, stats_s,
+                          time.perf_counter() - t_start, out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading back and previews
+# --------------------------------------------------------------------------------------------------
+def _open_distortions(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise CacheError(path, "missing (run `resail distort` first)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise CacheError(path, f"not a readable HDF5 file ({e})") from None
+
+
+def read_distortions(cache_dir: str | Path, split: str, image_id: str) -> np.ndarray:
+    """The ``[K, H, W, 3]`` uint8 variants of one image."""
+    path = Path(cache_dir) / cache.DISTORTIONS_H5
+    with _open_distortions(path) as f:
+        key = cache.image_key(split, image_id)
+        if key not in f:
+            raise CacheError(path, f"no variants for image {split}/{image_id}")
+        return f[key][...]
+
+
+def _fit_height(img: np.ndarray, max_height: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if h <= max_height:
+        return img
+    nw = max(1, round(w * max_height / h))
+    return cv2.resize(img, (nw, max_height), interpolation=cv2.INTER_AREA)
+
+
+def preview(cache_dir: str | Path, n: int, out_dir: str | Path | None = None, *, fmt: str | None = None,
+            data_root: str | Path | None = None, max_height: int = 256, gap: int = 4) -> list[Path]:
+    """PNG strips ``real | variant 1 … K`` of the first ``n`` images of ``distortions.h5`` (database
+    image order) into ``out_dir`` (default ``CACHE/distort_preview``), named ``<split>_<image_id>.png``.
+    Tiles taller than ``max_height`` are scaled down (aspect kept). Returns the written paths."""
+    cache_dir = Path(cache_dir)
+    out_dir = Path(out_dir) if out_dir is not None else cache_dir / PREVIEW_DIR
+    if n <= 0:
+        return []
+    written: list[Path] = []
+    with SegmentDB.open(cache_dir) as db, _open_distortions(cache_dir / cache.DISTORTIONS_H5) as f:
+        fmt, root = dataset_source(db, fmt, data_root)
+        rows = [r for r in db.image_rows() if cache.image_key(r["split"], r["image_id"]) in f][:n]
+        adapter = open_dataset(fmt, root)
+        for r, ref in zip(rows, sample_refs(adapter, rows)):
+            real = adapter.load(ref).image
+            variants = f[cache.image_key(r["split"], r["image_id"])][...]
+            strip = hstack([_fit_height(im, max_height) for im in (real, *variants)], gap=gap)
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{r['split']}_{r['image_id']}") + ".png"
+            write_png(out_dir / name, strip)
+            written.append(out_dir / name)
+    return written
