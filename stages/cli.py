@@ -35,9 +35,9 @@ def main(ctx: click.Context, params_file: str | None) -> None:
 
 
 def _register() -> None:
-    from stages import bench, compose, contact_sheet, decompose, distort
+    from stages import bench, compose, contact_sheet, decompose, distort, retrieve
 
-    for mod in (decompose, contact_sheet, compose, distort, bench):
+    for mod in (decompose, contact_sheet, retrieve, compose, distort, bench):
         main.add_command(mod.command)
 
 
