@@ -51,7 +51,7 @@ def run_retrieval(cache_dir: str | Path, params: RetrievalParams = RetrievalPara
     cache_dir = Path(cache_dir)
     with SegmentDB.open(cache_dir) as db:
         index = build_index(db, device)
-        packed = index._packed  # the same array the index holds: no second copy of the masks
+        packed = index.packed  # the same array the index holds: no second copy of the masks
         classes, areas, excl = db.col("class_id"), db.col("box_area"), query_exclusions(db)
         n = len(db)
         parts: list[TopK] = []

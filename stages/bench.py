@@ -32,3 +32,45 @@ def _register() -> None:
 
 
 _register()
+
+
+@command.command("retrieval")
+@click.option("--sizes", default="10000,100000,1000000", show_default=True, help="synthetic database sizes")
+@click.option("--queries", type=int, default=2000, show_default=True)
+@click.option("--cache", "cache_dir", default=None,
+              help="segment cache whose real masks seed the synthetic databases (and add a row of its own size) "
+                   "[default: datasets_cache/<dataset.name> when it exists]")
+@click.option("--ref-budget", type=float, default=60.0, show_default=True, help="seconds for the reference per size")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.pass_obj
+def bench_retrieval(p: Params, sizes, queries, cache_dir, ref_budget, device, threads) -> None:
+    """Our exact engine vs the authors-style per-query search: queries/s, ratio, identical top-k, peak memory."""
+    from pathlib import Path
+
+    from benchmarks.retrieval import run_retrieval_bench
+    from pipeline.cache import SegmentDB
+
+    size_list = [int(s) for s in sizes.split(",") if s]
+    real_masks = real_classes = None
+    cache_dir = Path(cache_dir) if cache_dir else (p.dataset_cache(None) if p.get("dataset", "name") else None)
+    if cache_dir is not None and (cache_dir / "segments.h5").exists():
+        with SegmentDB.open(cache_dir) as db:
+            real_masks, real_classes = db.norm_masks(), db.col("class_id").astype("int64")
+        size_list = [len(real_classes), *size_list]
+        click.echo(f"seeding with the {len(real_classes)} real masks of {cache_dir} (first row: its own size)")
+    run_retrieval_bench(size_list, queries, real_masks=real_masks, real_classes=real_classes, jobs=threads,
+                        ref_budget_s=ref_budget, device=device)
+
+
+@command.command("online")
+@click.option("--data-root", default="data/camvid_demo", show_default=True, help="folder-format source of frames")
+@click.option("--images", type=int, default=400, show_default=True, help="jittered training images (≈32 segments each)")
+@click.option("--size", default="256x512", show_default=True, help="query label map H×W")
+@click.option("--repeat", type=int, default=3, show_default=True)
+def bench_online(data_root, images, size, repeat) -> None:
+    """Label map → guidance latency of the on-line API against a ≥10k-segment database."""
+    from benchmarks.online import run_online_bench
+
+    h, w = (int(v) for v in size.lower().split("x"))
+    run_online_bench(data_root, images, (h, w), repeat=repeat)
