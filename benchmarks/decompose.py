@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import decode_seconds
 from pipeline.datasets import open_dataset
 from pipeline.decomposition import DecomposeParams, build_segment_db, collect_refs
 
@@ -16,11 +17,7 @@ from pipeline.decomposition import DecomposeParams, build_segment_db, collect_re
 def run_decompose_bench(fmt: str, data_root: str | Path, jobs_list=(1, 2), repeat: int = 1) -> dict:
     adapter = open_dataset(fmt, data_root)
     refs = collect_refs(adapter, None)
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        for r in refs:
-            adapter.load(r)
-    decode = (time.perf_counter() - t0) / repeat
+    decode = decode_seconds(adapter, refs, repeat)
     results = {"images": len(refs), "decode_s": decode, "runs": {}}
     for jobs in jobs_list:
         with tempfile.TemporaryDirectory() as tmp:

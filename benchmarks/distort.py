@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from pipeline.cache import SegmentDB
+from benchmarks.common import decode_seconds
 from pipeline.datasets import open_dataset
 from pipeline.distorted_gt import DistortParams, build_distortions, dataset_source, sample_refs
 
@@ -23,11 +24,7 @@ def run_distort_bench(cache_dir: str | Path, jobs_list=(1, 2), variants: int = 4
         rows = db.image_rows(str(db.attrs.get("db_split", "train")))
     adapter = open_dataset(fmt, root)
     refs = sample_refs(adapter, rows)
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        for r in refs:
-            adapter.load(r)
-    decode = (time.perf_counter() - t0) / repeat
+    decode = decode_seconds(adapter, refs, repeat)
     params = DistortParams(variants=variants, seed=seed, color_targets=color_targets)
     results = {"images": len(refs), "variants": variants, "decode_s": decode, "runs": {}, "stats_s": {}}
     for jobs in jobs_list:

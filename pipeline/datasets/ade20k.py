@@ -14,12 +14,11 @@ panoptic split (100 things, 50 stuff) as registered by MaskFormer/Mask2Former fo
 """
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.base import ClassMeta, DatasetAdapter, SampleRef, find_image
+from pipeline.datasets.base import BundledClassesAdapter, SampleRef, find_image
 from pipeline.errors import DataError
 
 CLASSES_FILE = Path(__file__).with_name("ade20k_classes.json")
@@ -27,19 +26,10 @@ SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
-class ADE20KAdapter(DatasetAdapter):
+class ADE20KAdapter(BundledClassesAdapter):
     format = "ade20k"
 
-    @cached_property
-    def _meta(self) -> ClassMeta:
-        return ClassMeta.from_json_file(CLASSES_FILE)
-
-    @cached_property
-    def _thing_ids(self) -> np.ndarray:
-        return np.array(sorted(self._meta.thing_ids), dtype=np.int64)
-
-    def classes(self) -> ClassMeta:
-        return self._meta
+    classes_file = CLASSES_FILE
 
     def splits(self) -> list[str]:
         return [s for s, folder in SPLIT_FOLDERS.items() if (self.root / "images" / folder).is_dir()]
@@ -62,4 +52,4 @@ class ADE20KAdapter(DatasetAdapter):
 
     def convert_instances(self, raw: np.ndarray, raw_labels: np.ndarray, labels: np.ndarray, ref: SampleRef) -> np.ndarray:
         """Object ids (H×W int64) on thing pixels, 0 on stuff and "other"."""
-        return np.where(np.isin(labels, self._thing_ids), raw, 0).astype(np.int64)
+        return np.where(np.isin(labels, self.thing_id_array), raw, 0).astype(np.int64)

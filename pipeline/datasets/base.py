@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Iterator
 
@@ -191,6 +192,11 @@ class DatasetAdapter(ABC):
         """Raw instance PNG values → per-image unique object ids, 0 = none (identity by default)."""
         return raw
 
+    @cached_property
+    def thing_id_array(self) -> np.ndarray:
+        """Sorted thing class ids, for ``np.isin`` on label maps (instance conversion)."""
+        return np.array(sorted(self.classes().thing_ids), dtype=np.int64)
+
     def iter_refs(self, splits: list[str] | None = None) -> Iterator[SampleRef]:
         for split in splits or self.splits():
             yield from self.refs(split)
@@ -226,3 +232,16 @@ def find_image(folder: Path, stem: str, exts: tuple[str, ...] = (".png", ".jpg",
         if p.exists():
             return p
     return folder / f"{stem}{exts[0]}"
+
+
+class BundledClassesAdapter(DatasetAdapter):
+    """An adapter whose class list ships as a JSON file (ClassMeta format) beside its module."""
+
+    classes_file: ClassVar[Path]
+
+    @cached_property
+    def _meta(self) -> ClassMeta:
+        return ClassMeta.from_json_file(self.classes_file)
+
+    def classes(self) -> ClassMeta:
+        return self._meta

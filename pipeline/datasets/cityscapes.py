@@ -16,7 +16,6 @@ mapped label is not a thing class (caravan/trailer instances lie on ignore pixel
 """
 from __future__ import annotations
 
-from functools import cached_property
 
 import numpy as np
 
@@ -66,10 +65,6 @@ class CityscapesAdapter(DatasetAdapter):
     def classes(self) -> ClassMeta:
         return CITYSCAPES_META
 
-    @cached_property
-    def _thing_ids(self) -> np.ndarray:
-        return np.array(sorted(CITYSCAPES_META.thing_ids), dtype=np.int64)
-
     def splits(self) -> list[str]:
         base = self.root / "leftImg8bit"
         if not base.is_dir():
@@ -101,5 +96,5 @@ class CityscapesAdapter(DatasetAdapter):
 
     def convert_instances(self, raw: np.ndarray, raw_labels: np.ndarray, labels: np.ndarray, ref: SampleRef) -> np.ndarray:
         """instanceIds → object ids (H×W int64): raw ≥ 1000 on thing pixels, 0 elsewhere."""
-        keep = (raw >= INSTANCE_DIVISOR) & np.isin(labels, self._thing_ids)
+        keep = (raw >= INSTANCE_DIVISOR) & np.isin(labels, self.thing_id_array)
         return np.where(keep, raw, 0).astype(np.int64)

@@ -16,12 +16,11 @@ components downstream). For exact per-object ids, convert COCO panoptic to the f
 """
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.base import ClassMeta, DatasetAdapter, SampleRef, find_image
+from pipeline.datasets.base import BundledClassesAdapter, SampleRef, find_image
 from pipeline.datasets.folder import ordered_splits
 from pipeline.errors import DataError
 
@@ -30,19 +29,10 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 COUNTER_RANGE = 256  # SPADE instance maps are uint8
 
 
-class CocoStuffAdapter(DatasetAdapter):
+class CocoStuffAdapter(BundledClassesAdapter):
     format = "coco-stuff"
 
-    @cached_property
-    def _meta(self) -> ClassMeta:
-        return ClassMeta.from_json_file(CLASSES_FILE)
-
-    @cached_property
-    def _thing_ids(self) -> np.ndarray:
-        return np.array(sorted(self._meta.thing_ids), dtype=np.int64)
-
-    def classes(self) -> ClassMeta:
-        return self._meta
+    classes_file = CLASSES_FILE
 
     def splits(self) -> list[str]:
         return ordered_splits([p.name[: -len("_img")] for p in self.root.iterdir()
@@ -69,5 +59,5 @@ class CocoStuffAdapter(DatasetAdapter):
         if raw.min() < 0 or raw.max() >= COUNTER_RANGE:
             raise DataError(ref.instance, f"instance values must be 0..{COUNTER_RANGE - 1} (SPADE uint8 map), "
                                           f"got {raw.min()}..{raw.max()}")
-        thing = np.isin(labels, self._thing_ids)
+        thing = np.isin(labels, self.thing_id_array)
         return np.where(thing, labels.astype(np.int64) * COUNTER_RANGE + raw + 1, 0)

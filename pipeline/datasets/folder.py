@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 
 from pipeline.datasets.base import ClassMeta, DatasetAdapter, SampleRef, find_image
 from pipeline.errors import DataError
