@@ -25,6 +25,8 @@ demo: install
 	@echo "Outputs of the demo pipeline (dataset: $$(python -c 'import yaml;print(yaml.safe_load(open("params.yaml"))["dataset"]["name"])')):"
 	@ls -1 datasets_cache/*/ | sed 's/^/  /'
 	@echo "Contact sheet: $$(ls datasets_cache/*/contact_sheet.png)"
+	@echo "Training run:  $$(python -c 'import yaml;print(yaml.safe_load(open("params.yaml"))["train"]["run_dir"])')/"
+	@echo "Report:        $(CURDIR)/$$(python -c 'import yaml;print(yaml.safe_load(open("params.yaml"))["train"]["run_dir"])')/report/index.html"
 
 test: install
 	$(BIN)/python -m pytest -q

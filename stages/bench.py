@@ -74,3 +74,36 @@ def bench_online(data_root, images, size, repeat) -> None:
 
     h, w = (int(v) for v in size.lower().split("x"))
     run_online_bench(data_root, images, (h, w), repeat=repeat)
+
+
+@command.command("train")
+@click.option("--cache", "cache_dir", default=None, help="cache folder [default: datasets_cache/<dataset.name>; "
+              "a synthetic cache when absent]")
+@click.option("--config", default="demo", show_default=True, help="training config (name or path)")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda")
+@click.option("--steps", type=int, default=10, show_default=True, help="timed steps per generator kind")
+@click.option("--set", "overrides", multiple=True, help="config override KEY=VALUE")
+@click.option("--vgg-weights", default=None, help="VGG19 state dict (paper configs need it)")
+@click.pass_obj
+def bench_train(p: Params, cache_dir, config, device, steps, overrides, vgg_weights) -> None:
+    """Step time of RESAIL vs plain SPADE at the same size, and the data-wait fraction of the cache loader."""
+    from benchmarks.train import run_train_bench
+
+    if cache_dir is None and p.get("dataset", "name"):
+        cand = p.dataset_cache(None)
+        cache_dir = cand if (cand / "segments.h5").exists() else None
+    run_train_bench(cache_dir, config, device, steps, overrides=overrides, vgg_weights=vgg_weights)
+
+
+@command.command("synthesize")
+@click.option("--run", "run_dir", required=True, help="a trained run folder")
+@click.option("--cache", "cache_dir", default=None, help="its cache [default: recorded in the run]")
+@click.option("--n", type=int, default=8, show_default=True, help="label maps of the split")
+@click.option("--split", default="val", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--repeat", type=int, default=3, show_default=True)
+def bench_synthesize(run_dir, cache_dir, n, split, device, repeat) -> None:
+    """Label map → image latency: retrieval + composition vs generator time (CPU, and CUDA when present)."""
+    from benchmarks.synthesize import run_synthesize_bench
+
+    run_synthesize_bench(run_dir, n, device, cache_dir, split, repeat)

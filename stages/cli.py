@@ -35,10 +35,12 @@ def main(ctx: click.Context, params_file: str | None) -> None:
 
 
 def _register() -> None:
-    from stages import bench, compose, contact_sheet, decompose, distort, retrieve
+    from stages import bench, compose, contact_sheet, decompose, distort, retrieve, synthesize, train
 
-    for mod in (decompose, contact_sheet, retrieve, compose, distort, bench):
+    for mod in (decompose, contact_sheet, retrieve, compose, distort):
         main.add_command(mod.command)
+    for cmd in (*train.commands, *synthesize.commands, bench.command):
+        main.add_command(cmd)
 
 
 _register()

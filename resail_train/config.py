@@ -1,0 +1,348 @@
+"""Training configurations: ``resail_train/configs/<name>.yaml`` or a YAML file of the user's.
+
+A config is a mapping of sections (``data``, ``model``, ``optim``, ``loss``, ``segnet``, ``log``)
+plus a few top-level keys. Every key of :data:`SCHEMA` must be present after inheritance; unknown
+keys are errors (typos do not pass silently). A user config may start with ``base: <name|path>``
+and then give only what differs; ``--set section.key=value`` overrides come last (values are
+parsed as YAML, so ``--set optim.batch_size=8`` is an int and ``--set data.load_size=null`` None).
+
+Every problem is a :class:`pipeline.errors.ConfigError` naming the config file.
+
+Built-in configs (see each file's header for the paper values they carry):
+
+* ``demo`` — the camvid_demo run of ``make demo``: trains in minutes on 2 CPU cores.
+* ``cityscapes``, ``ade20k``, ``coco-stuff`` — the paper's settings (method.md §6); they refuse to
+  start without VGG19 weights (``loss.vgg_required``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_NAMES = ("demo", "cityscapes", "ade20k", "coco-stuff")
+
+VGG_HELP = ("the VGG19 perceptual loss needs ImageNet VGG19 weights: a torchvision-format state dict "
+            "(keys features.N.weight/bias), e.g. torchvision's vgg19-dcbb9e9d.pth from "
+            "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth; pass --vgg-weights PATH "
+            "(or set vgg_weights in the config / train.vgg_weights in params.yaml)")
+
+
+# --------------------------------------------------------------------------- value checkers
+Check = Callable[[Any], Any]  # returns the normalised value or raises ValueError(reason)
+
+
+def _int(lo: int | None = None) -> Check:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected an integer, got {v!r}")
+        if lo is not None and v < lo:
+            raise ValueError(f"must be >= {lo}, got {v}")
+        return int(v)
+    return check
+
+
+def _float(lo: float | None = None, hi: float | None = None) -> Check:
+    def check(v):
+        if isinstance(v, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError(f"expected a number, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ValueError(f"expected a number, got {v!r}")
+        v = float(v)
+        if lo is not None and v < lo:
+            raise ValueError(f"must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise ValueError(f"must be <= {hi}, got {v}")
+        return v
+    return check
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _str(v):
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _choice(*options: str) -> Check:
+    def check(v):
+        if v not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+        return v
+    return check
+
+
+def _optional(inner: Check) -> Check:
+    def check(v):
+        return None if v is None else inner(v)
+    return check
+
+
+def _size(v):
+    """``[H, W]`` (or one int for a square)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v, v]
+    if (not isinstance(v, (list, tuple)) or len(v) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
+        raise ValueError(f"expected [height, width] of positive integers, got {v!r}")
+    return [int(v[0]), int(v[1])]
+
+
+SCHEMA: dict[str, Any] = {
+    "name": _str,
+    "seed": _int(0),
+    "deterministic": _bool,
+    "vgg_weights": _optional(_str),
+    "data": {
+        "split": _str,
+        "load_size": _optional(_size),
+        "crop_size": _size,
+        "flip": _bool,
+        "guidance_sampling": _choice("rank0", "topk"),
+        "topk": _int(1),
+        "instance_edges": _bool,
+        "num_workers": _int(0),
+    },
+    "model": {
+        "ngf": _int(1),
+        "norm": _choice("resail", "spade"),
+        "norm_hidden": _int(1),
+        "num_upsampling": _int(0),
+        "ndf": _int(1),
+        "n_layers_D": _int(1),
+        "num_D": _int(1),
+    },
+    "optim": {
+        "batch_size": _int(1),
+        "epochs": _int(1),
+        "decay_epochs": _int(0),
+        "lr_G": _float(0.0),
+        "lr_D": _float(0.0),
+        "beta1": _float(0.0, 1.0),
+        "beta2": _float(0.0, 1.0),
+        "ema_decay": _float(0.0, 1.0),
+        "amp_dtype": _choice("bf16", "fp16"),
+    },
+    "loss": {
+        "lambda_fm": _float(0.0),
+        "lambda_vgg": _float(0.0),
+        "lambda_seg": _float(0.0),
+        "vgg_required": _bool,
+        "retrieval_pass": _bool,
+    },
+    "segnet": {
+        "path": _optional(_str),
+        "base_width": _int(2),
+        "spectral": _bool,
+        "batch_size": _int(1),
+        "epochs": _int(1),
+        "lr": _float(0.0),
+        "val_split": _optional(_str),
+        "eval_every": _int(1),
+    },
+    "log": {
+        "scalar_every": _int(1),
+        "sample_every": _int(1),
+        "n_samples": _int(1),
+        "latest_every": _int(1),
+        "checkpoint_every": _int(1),
+    },
+}
+
+
+# --------------------------------------------------------------------------- config object
+class Section:
+    """Attribute access to one validated section (``cfg.data.crop_size``)."""
+
+    def __init__(self, values: dict) -> None:
+        self.__dict__.update(values)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        return f"Section({self.__dict__!r})"
+
+
+@dataclass
+class TrainConfig:
+    """A validated configuration. ``values`` is the plain nested dict (YAML/JSON/checkpoint safe)."""
+
+    values: dict
+    source: str
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values")
+        if values is None or name not in values:
+            raise AttributeError(name)
+        v = values[name]
+        return Section(v) if isinstance(v, dict) else v
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.values)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.values, sort_keys=False)
+
+    def with_overrides(self, overrides: Iterable[str] | dict) -> "TrainConfig":
+        data = copy.deepcopy(self.values)
+        apply_overrides(data, overrides, self.source)
+        return TrainConfig(validate(data, self.source), self.source)
+
+
+# --------------------------------------------------------------------------- loading
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A built-in name → its file; anything else is a path that must exist."""
+    s = str(name_or_path)
+    if s in CONFIG_NAMES:
+        return CONFIG_DIR / f"{s}.yaml"
+    p = Path(s)
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in s or "\\" in s:
+        if not p.is_file():
+            raise ConfigError(p, "config file not found")
+        return p
+    raise ConfigError(s, f"unknown config name (built-in: {', '.join(CONFIG_NAMES)}; or give a path to a YAML file)")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(path, f"invalid YAML ({' '.join(str(e).split())})") from None
+    except OSError as e:
+        raise ConfigError(path, f"cannot read config ({e.strerror or e})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "top level must be a mapping of sections")
+    return data
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(path, "config inherits from itself (base: cycle)")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(path, f"base: expected a config name or path, got {base!r}")
+    base_path = Path(base)
+    if base not in CONFIG_NAMES and not base_path.is_absolute():
+        base_path = path.parent / base_path
+    parent = resolve_config_path(base if base in CONFIG_NAMES else base_path)
+    return _merge(_load_raw(parent, seen + (path,)), data)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: Iterable[str] | dict | None, source: str) -> None:
+    """Apply ``section.key=value`` strings (or a ``{dotted key: value}`` dict) in place."""
+    if not overrides:
+        return
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for ov in overrides:
+            if "=" not in ov:
+                raise ConfigError(source, f"override {ov!r}: expected section.key=value")
+            k, v = ov.split("=", 1)
+            parsed.append((k.strip(), _parse_scalar(v)))
+        items = parsed
+    for key, value in items:
+        parts = key.split(".")
+        node = data
+        schema: Any = SCHEMA
+        for part in parts[:-1]:
+            if not isinstance(schema, dict) or not isinstance(schema.get(part), dict):
+                raise ConfigError(source, f"override {key!r}: unknown section {part!r}")
+            schema = schema[part]
+            node = node.setdefault(part, {})
+        if not isinstance(schema, dict) or parts[-1] not in schema or isinstance(schema[parts[-1]], dict):
+            raise ConfigError(source, f"override {key!r}: unknown key")
+        node[parts[-1]] = value
+
+
+def validate(data: dict, source: str) -> dict:
+    """Check every key of :data:`SCHEMA` (present, known, well typed) and the cross-key rules."""
+
+    def walk(schema: dict, node: Any, prefix: str) -> dict:
+        if not isinstance(node, dict):
+            raise ConfigError(source, f"{prefix.rstrip('.') or 'config'}: expected a mapping")
+        unknown = sorted(set(node) - set(schema))
+        if unknown:
+            raise ConfigError(source, f"unknown key(s): {', '.join(prefix + k for k in unknown)}")
+        out = {}
+        for key, check in schema.items():
+            if key not in node:
+                raise ConfigError(source, f"missing key: {prefix}{key}")
+            if isinstance(check, dict):
+                out[key] = walk(check, node[key], f"{prefix}{key}.")
+            else:
+                try:
+                    out[key] = check(node[key])
+                except ValueError as e:
+                    raise ConfigError(source, f"{prefix}{key}: {e}") from None
+        return out
+
+    v = walk(SCHEMA, data, "")
+    crop, load = v["data"]["crop_size"], v["data"]["load_size"]
+    if load is not None and (crop[0] > load[0] or crop[1] > load[1]):
+        raise ConfigError(source, f"data.crop_size {crop} is larger than data.load_size {load}")
+    factor = 2 ** v["model"]["num_upsampling"]
+    if crop[0] % factor or crop[1] % factor:
+        raise ConfigError(source, f"data.crop_size {crop} must be divisible by 2**model.num_upsampling = {factor}")
+    if v["model"]["num_upsampling"] > 7:
+        raise ConfigError(source, "model.num_upsampling must be <= 7")
+    if v["optim"]["decay_epochs"] > v["optim"]["epochs"]:
+        raise ConfigError(source, "optim.decay_epochs must not exceed optim.epochs")
+    return v
+
+
+def load_config(name_or_path: str | Path, overrides: Iterable[str] | dict | None = None) -> TrainConfig:
+    """Load, inherit (``base:``), override and validate a config by built-in name or path."""
+    path = resolve_config_path(name_or_path)
+    data = _load_raw(path)
+    apply_overrides(data, overrides, str(path))
+    return TrainConfig(validate(data, str(path)), str(path))
+
+
+def config_from_dict(values: dict, source: str = "<checkpoint>") -> TrainConfig:
+    """A config stored in a checkpoint or run folder (validated again)."""
+    return TrainConfig(validate(copy.deepcopy(values), source), source)
+
+
+def config_fingerprint(values: dict, sections: Iterable[str] = ("model",)) -> str:
+    """A stable text of the sections that must match between a checkpoint and a resumed run."""
+    return json.dumps({s: values.get(s) for s in sections}, sort_keys=True)

@@ -1,0 +1,381 @@
+"""Training data from a stage cache: real image, dense labels, guidance, distorted ground truth.
+
+:class:`CacheDataset` reads, per image of one split of the segment database:
+
+* the real image and label map through the dataset adapter (format and root recorded by
+  ``resail decompose`` in ``segments.h5``; overridable), labels mapped to dense indices
+  0..C-1 with :meth:`ClassMeta.lookup_table` (ignore → C);
+* the retrieval guidance: ``guidance_sampling="rank0"`` reads ``guidance.h5`` (rank-0 composite);
+  ``"topk"`` composes it on the fly with :func:`pipeline.composition.compose_guidance`, each
+  segment pasting a rank drawn uniformly among its admissible retrieved candidates (at most
+  ``topk``) — a fresh draw per sample per epoch; segments without a candidate stay black;
+* one distorted ground-truth variant from ``distortions.h5`` (``[K, H, W, 3]``), drawn uniformly
+  per sample per epoch;
+* optionally the instance edge map (SPADE ``get_edges``: a pixel whose instance id differs from a
+  4-neighbour's), when asked for and the database has instance maps.
+
+Geometry (identical for image, labels, guidance, distortion and instances): resize to
+``load_size`` (``[H, W]``; ``None`` keeps the original size; RGB bicubic ``cv2.INTER_CUBIC``,
+labels/instances nearest with :func:`pipeline.segments.nearest_indices`), then a crop of
+``crop_size`` (random in training, centred otherwise) and, in training with ``flip``, a
+horizontal flip with probability 0.5.
+
+Randomness: every random choice of a sample (flip, crop offset, distortion variant, top-k ranks)
+comes from ``numpy.random.default_rng([seed, epoch, index])`` — a function of the sample and the
+epoch only, so the data do not depend on the number of DataLoader workers, their scheduling, or on
+a restart. Keys are ``(epoch, index)`` pairs produced by :class:`EpochBatchSampler` (a plain int
+key means epoch 0).
+
+HDF5 handles are opened lazily in the process that reads (first ``__getitem__`` in each worker)
+and re-opened when the process id changes, so no handle crosses a ``fork``; the dataset pickles
+without them.
+
+Sample dict (tensors, CHW): ``image`` float32 [3, h, w] in [-1, 1]; ``labels`` int64 [h, w];
+``guidance`` / ``distorted`` float32 [3, h, w] in [-1, 1] (when enabled; black guidance = -1);
+``edges`` float32 [1, h, w] (when enabled); ``index`` int; ``image_id`` str.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from pipeline import cache
+from pipeline.cache import SegmentDB
+from pipeline.datasets import open_dataset
+from pipeline.datasets.base import ClassMeta
+from pipeline.errors import CacheError, ConfigError, DataError
+from pipeline.segments import nearest_indices
+
+GUIDANCE_MODES = ("rank0", "topk")
+CHUNK_CACHE_BYTES = 32 << 20
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Geometry:
+    """Where a sample's pixels come from: resize target, crop box, flip."""
+
+    resize: tuple[int, int] | None  # (H, W) or None
+    crop: tuple[int, int, int, int]  # y0, x0, h, w in the resized image
+    flip: bool
+
+
+def plan_geometry(size: tuple[int, int], load_size: Sequence[int] | None, crop_size: Sequence[int],
+                  train: bool, flip: bool, rng: np.random.Generator) -> Geometry:
+    """Draw the geometry of one sample (order of draws: flip, crop y, crop x)."""
+    h, w = (int(load_size[0]), int(load_size[1])) if load_size is not None else size
+    ch, cw = int(crop_size[0]), int(crop_size[1])
+    if ch > h or cw > w:
+        raise ConfigError(None, f"crop_size {ch}x{cw} (HxW) is larger than the {'load_size' if load_size else 'image'} "
+                                f"{h}x{w}; set data.load_size")
+    do_flip = bool(rng.random() < 0.5) if (train and flip) else False
+    if train:
+        y0 = int(rng.integers(0, h - ch + 1))
+        x0 = int(rng.integers(0, w - cw + 1))
+    else:
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return Geometry((h, w) if load_size is not None else None, (y0, x0, ch, cw), do_flip)
+
+
+def apply_geometry(arr: np.ndarray, geo: Geometry, nearest: bool) -> np.ndarray:
+    """Resize (bicubic or nearest), crop and flip an H×W(×C) array."""
+    if geo.resize is not None and tuple(arr.shape[:2]) != geo.resize:
+        th, tw = geo.resize
+        if nearest:
+            arr = arr[np.ix_(nearest_indices(arr.shape[0], th), nearest_indices(arr.shape[1], tw))]
+        else:
+            arr = cv2.resize(np.ascontiguousarray(arr), (tw, th), interpolation=cv2.INTER_CUBIC)
+    y0, x0, ch, cw = geo.crop
+    arr = arr[y0:y0 + ch, x0:x0 + cw]
+    if geo.flip:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(arr)
+
+
+def instance_edges(inst: np.ndarray) -> np.ndarray:
+    """SPADE's edge map: True where the instance id differs from a 4-neighbour's."""
+    e = np.zeros(inst.shape, dtype=bool)
+    dx = inst[:, 1:] != inst[:, :-1]
+    dy = inst[1:, :] != inst[:-1, :]
+    e[:, 1:] |= dx
+    e[:, :-1] |= dx
+    e[1:, :] |= dy
+    e[:-1, :] |= dy
+    return e
+
+
+def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """H×W×3 uint8 → float32 [3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
+
+
+def tensor_to_rgb(t: torch.Tensor) -> np.ndarray:
+    """float [3, H, W] in [-1, 1] → H×W×3 uint8."""
+    x = ((t.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 0).numpy()
+
+
+# --------------------------------------------------------------------------- sampler
+class EpochBatchSampler(Sampler):
+    """Seeded, resumable batch sampler; yields lists of ``(epoch, index)`` keys.
+
+    Epoch ``e`` uses the permutation ``default_rng([seed, e]).permutation(n)`` (identity without
+    ``shuffle``). Under DDP (``world_size > 1``) it shards like ``DistributedSampler``: the order is
+    padded by wrapping to a multiple of ``world_size`` and rank ``r`` takes every ``world_size``-th
+    item from ``r``. Incomplete batches are dropped (BatchNorm needs whole batches).
+    :meth:`set_position` selects the epoch and the number of batches already done in it; one pass
+    of ``iter()`` yields the rest of that epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.n, self.batch_size, self.seed, self.shuffle = int(n), int(batch_size), int(seed), bool(shuffle)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        per_rank = math.ceil(self.n / self.world_size) if self.n else 0
+        return per_rank // self.batch_size
+
+    def order(self, epoch: int) -> np.ndarray:
+        idx = (np.random.default_rng([self.seed, int(epoch)]).permutation(self.n) if self.shuffle
+               else np.arange(self.n))
+        if self.world_size > 1:
+            total = math.ceil(self.n / self.world_size) * self.world_size
+            idx = np.concatenate([idx, idx[:total - self.n]]) if total > self.n else idx
+            idx = idx[self.rank::self.world_size]
+        return idx
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "start_batch": self.start_batch, "seed": self.seed, "n": self.n,
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        idx = self.order(self.epoch)
+        b = self.batch_size
+        for k in range(self.start_batch, self.batches_per_epoch):
+            yield [(self.epoch, int(i)) for i in idx[k * b:(k + 1) * b]]
+
+
+# --------------------------------------------------------------------------- dataset
+class CacheDataset(Dataset):
+    """``CacheDataset(cache_dir, split="train", *, load_size, crop_size, train=True, flip=True,
+    guidance="rank0"|"topk"|None, distortions=True, instance_edges=False, topk=10, seed=0,
+    data_root=None, fmt=None)`` — see the module docstring."""
+
+    def __init__(self, cache_dir: str | Path, split: str = "train", *, load_size: Sequence[int] | None,
+                 crop_size: Sequence[int], train: bool = True, flip: bool = True, guidance: str | None = "rank0",
+                 distortions: bool = True, instance_edges: bool = False, topk: int = 10, seed: int = 0,
+                 data_root: str | Path | None = None, fmt: str | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        if guidance is not None and guidance not in GUIDANCE_MODES:
+            raise ConfigError(None, f"guidance sampling must be one of {GUIDANCE_MODES}, got {guidance!r}")
+        self.split, self.train, self.flip, self.seed = split, bool(train), bool(flip), int(seed)
+        self.load_size = None if load_size is None else (int(load_size[0]), int(load_size[1]))
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.guidance_mode, self.use_distortions, self.topk = guidance, bool(distortions), int(topk)
+
+        with SegmentDB.open(self.cache_dir) as db:
+            self.meta: ClassMeta = db.meta
+            attrs = db.attrs
+            rows = db.image_rows(split)
+            self.has_instances = any(bool(r["has_instances"]) for r in db.image_rows())
+            if guidance == "topk":
+                self._seg_cols = {c: db.col(c) for c in ("y0", "x0", "y1", "x1", "is_thing", "area")}
+                self._crop_offsets = db.h5["crop_offsets"][...]
+        if not rows:
+            raise CacheError(self.cache_dir / cache.IMAGES_PARQUET, f"no images of split '{split}' in the segment database")
+        self.rows = rows
+        self.instance_edges = bool(instance_edges) and self.has_instances
+        self.fmt = fmt or attrs.get("dataset_format")
+        self.data_root = str(data_root or attrs.get("data_root") or "")
+        if not self.fmt or not self.data_root:
+            raise DataError(self.cache_dir / cache.SEGMENTS_H5, "no dataset format/root recorded; pass them explicitly")
+        if not Path(self.data_root).is_dir():
+            raise DataError(self.data_root, "dataset root recorded by `resail decompose` does not exist "
+                                            "(moved? pass --data-root)")
+        self.adapter = open_dataset(self.fmt, self.data_root)
+        if self.adapter.classes() != self.meta:
+            raise DataError(self.adapter.root, "class list of the dataset differs from the one the segment "
+                                               "database was built with (re-run `resail decompose`)")
+        refs = {r.image_id: r for r in self.adapter.refs(split)}
+        missing = [r["image_id"] for r in rows if r["image_id"] not in refs]
+        if missing:
+            raise DataError(self.adapter.root, f"image {split}/{missing[0]} of the segment database is not in the "
+                                               "dataset (re-run `resail decompose`)")
+        self.refs = [refs[r["image_id"]] for r in rows]
+        self.lut = self.meta.lookup_table()
+        self.num_classes = self.meta.num_classes
+
+        self.guidance_path = self.cache_dir / cache.GUIDANCE_H5
+        self.distortions_path = self.cache_dir / cache.DISTORTIONS_H5
+        self.segments_path = self.cache_dir / cache.SEGMENTS_H5
+        if guidance == "rank0" and not self.guidance_path.is_file():
+            raise CacheError(self.guidance_path, "missing (run `resail compose` first)")
+        if self.use_distortions and not self.distortions_path.is_file():
+            raise CacheError(self.distortions_path, "missing (run `resail distort` first)")
+        if guidance == "topk":
+            table, _ = cache.read_retrieval(self.cache_dir, len(self._seg_cols["y0"]))
+            q = table.column("query_id").to_numpy().astype(np.int64)
+            r = table.column("rank").to_numpy().astype(np.int64)
+            c = table.column("candidate_id").to_numpy().astype(np.int64)
+            order = np.lexsort((r, q))
+            q, r, c = q[order], r[order], c[order]
+            n_seg = len(self._seg_cols["y0"])
+            self._ret_start = np.searchsorted(q, np.arange(n_seg), side="left")
+            self._ret_count = np.searchsorted(q, np.arange(n_seg), side="right") - self._ret_start
+            self._ret_cand = c
+        self._handles: dict[str, h5py.File] = {}
+        self._pid = None
+
+    # -- pickling: never carry open HDF5 handles into another process
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        state["_pid"] = None
+        return state
+
+    def _file(self, path: Path) -> h5py.File:
+        if self._pid != os.getpid():
+            self._handles = {}  # inherited over fork: drop without closing (the parent owns them)
+            self._pid = os.getpid()
+        f = self._handles.get(str(path))
+        if f is None:
+            try:
+                f = h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
+            except FileNotFoundError:
+                raise CacheError(path, "missing") from None
+            except OSError as e:
+                raise CacheError(path, f"not a readable HDF5 file ({e})") from None
+            self._handles[str(path)] = f
+        return f
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for f in self._handles.values():
+                if f.id.valid:
+                    f.close()
+        self._handles = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def label_nc(self) -> int:
+        """Channels of the generator's semantic input: C one-hot (+1 edge map)."""
+        return self.num_classes + (1 if self.instance_edges else 0)
+
+    # -- cached arrays
+    def _read_rgb(self, path: Path, row: dict, what: str, variant_rng: np.random.Generator | None) -> np.ndarray:
+        f = self._file(path)
+        key = cache.image_key(row["split"], row["image_id"])
+        if key not in f:
+            raise CacheError(path, f"no {what} for {row['split']}/{row['image_id']} (stale cache: re-run the stage)")
+        ds = f[key]
+        h, w = int(row["height"]), int(row["width"])
+        if variant_rng is not None:
+            if ds.ndim != 4 or tuple(ds.shape[1:]) != (h, w, 3) or ds.shape[0] < 1:
+                raise CacheError(path, f"{key} has shape {ds.shape}, expected [K, {h}, {w}, 3]")
+            arr = ds[int(variant_rng.integers(ds.shape[0]))]
+        else:
+            if tuple(ds.shape) != (h, w, 3):
+                raise CacheError(path, f"{key} has shape {ds.shape}, expected ({h}, {w}, 3)")
+            arr = ds[...]
+        if arr.dtype != np.uint8:
+            raise CacheError(path, f"{key} has dtype {arr.dtype}, expected uint8")
+        return arr
+
+    def _compose_topk(self, row: dict, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from pipeline.composition import QuerySegment, compose_guidance
+
+        f = self._file(self.segments_path)
+        png, off, cols = f["crop_png"], self._crop_offsets, self._seg_cols
+
+        def crop(seg: int) -> tuple[np.ndarray, np.ndarray]:
+            y0, x0, y1, x1 = (int(cols[k][seg]) for k in ("y0", "x0", "y1", "x1"))
+            try:
+                rgb, mask = cache.decode_crop(png[int(off[seg]):int(off[seg + 1])])
+            except ValueError as e:
+                raise CacheError(self.segments_path, f"crop of segment {seg}: {e}") from None
+            if mask.shape != (y1 - y0, x1 - x0):
+                raise CacheError(self.segments_path, f"crop of segment {seg} does not match its box")
+            return rgb, mask
+
+        first, n = int(row["first_segment"]), int(row["n_segments"])
+        queries, matches = [], []
+        for s in range(first, first + n):
+            box = tuple(int(cols[k][s]) for k in ("y0", "x0", "y1", "x1"))
+            queries.append(QuerySegment(box, crop(s)[1], bool(cols["is_thing"][s]), int(cols["area"][s])))
+            count = min(int(self._ret_count[s]), self.topk)
+            matches.append(crop(int(self._ret_cand[self._ret_start[s] + int(rng.integers(count))])) if count else None)
+        guidance, _ = compose_guidance(labels, self.meta, queries, matches)
+        return guidance
+
+    # -- one sample
+    def __getitem__(self, key) -> dict:
+        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (0, int(key))
+        row, ref = self.rows[index], self.refs[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        sample = self.adapter.load(ref)
+        h, w = int(row["height"]), int(row["width"])
+        if sample.labels.shape != (h, w):
+            raise DataError(ref.label, f"label map is {sample.labels.shape[1]}x{sample.labels.shape[0]} but the segment "
+                                       f"database recorded {w}x{h} (dataset changed: re-run `resail decompose`)")
+        geo = plan_geometry((h, w), self.load_size, self.crop_size, self.train, self.flip, rng)
+        dense = self.lut[np.clip(sample.labels, 0, len(self.lut) - 1)]
+        if (dense < 0).any():
+            raise DataError(ref.label, "label ids outside the class list")
+        out = {
+            "image": rgb_to_tensor(apply_geometry(sample.image, geo, nearest=False)),
+            "labels": torch.from_numpy(apply_geometry(dense, geo, nearest=True).astype(np.int64)),
+            "index": index,
+            "image_id": row["image_id"],
+        }
+        if self.use_distortions:
+            dist = self._read_rgb(self.distortions_path, row, "distortions", rng)
+            out["distorted"] = rgb_to_tensor(apply_geometry(dist, geo, nearest=False))
+        if self.guidance_mode == "rank0":
+            g = self._read_rgb(self.guidance_path, row, "guidance", None)
+            out["guidance"] = rgb_to_tensor(apply_geometry(g, geo, nearest=False))
+        elif self.guidance_mode == "topk":
+            g = self._compose_topk(row, sample.labels, rng)
+            out["guidance"] = rgb_to_tensor(apply_geometry(g, geo, nearest=False))
+        if self.instance_edges:
+            inst = sample.instances if sample.instances is not None else np.zeros((h, w), np.int64)
+            edges = instance_edges(apply_geometry(inst, geo, nearest=True))
+            out["edges"] = torch.from_numpy(edges.astype(np.float32))[None]
+        return out
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack tensors, keep ints/strings as lists."""
+    out = {}
+    for k in batch[0]:
+        v = [b[k] for b in batch]
+        out[k] = torch.stack(v) if isinstance(v[0], torch.Tensor) else v
+    return out
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker start: one thread for cv2/torch (the main process owns the cores)."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)

@@ -1,0 +1,405 @@
+"""Image synthesis and editing with a trained RESAIL run (paper §3, Fig. 1, Fig. 6–7).
+
+:class:`Synthesizer` = a run's generator (``RUN_DIR/generator.pt``) + its class list + an
+:class:`pipeline.online.OnlineGuidance` on the run's stage cache (the retrieval database). For a
+label map that need not be in the database it
+
+1. decomposes the map and retrieves every segment's top-k candidates (exactly as the offline
+   ``resail retrieve`` / ``resail compose`` stages, no image excluded), chooses one candidate per
+   segment (rank 0 = best, or the editing choices below) and composes the guidance image at the
+   **label map's own resolution** (the four paste rules);
+2. resizes labels (nearest, :func:`pipeline.segments.nearest_indices`), guidance (bicubic) and
+   instances (nearest) to the generator's size — by default the run's ``data.crop_size``: the
+   whole map is resized to ``crop_size`` (aspect changes when the map's aspect differs), which is
+   SPADE's/the paper's test protocol (ADE20K/COCO-Stuff 256×256, Cityscapes 512×256). These are the
+   same resize functions the training data loader uses (:func:`resail_train.data.apply_geometry`),
+   so a training-size map goes through exactly the training pre-processing;
+3. one-hot encodes the labels with the dataset's lookup table (``ClassMeta.lookup_table``; void →
+   all-zero), adds the instance edge map when the run was trained with ``data.instance_edges``
+   (no instance map → no edges, as in training), runs ``G`` in eval mode under ``no_grad``;
+4. resizes the output back to the label map's size (bicubic; nothing is done when equal).
+
+``Synthesizer.load(..., size=(H, W))`` builds the generator at another size instead (the
+generator is fully convolutional apart from the start-size resize; H and W must be multiples of
+``2**num_upsampling``), e.g. the run's ``load_size`` rounded to such a multiple.
+
+Determinism: ``G`` has no noise input; ``synthesize(..., seed=S)`` still seeds torch
+(``torch.manual_seed``) and runs with ``torch.use_deterministic_algorithms(True)`` on CPU
+(deterministic cuDNN without autotuning on CUDA), restoring the previous settings afterwards, so
+the same inputs and seed give the same image on the same device.
+
+Editing (paper Fig. 6–7):
+
+* **local** — ``overrides={segment index: R}``: that segment pastes its rank-``R`` candidate, the
+  others rank ``rank``. A segment is named by its index in the decomposition of the map
+  (:func:`pipeline.segments.decompose` order: class id, then instance id, then connected components
+  in raster order; :meth:`Synthesizer.segments` lists them) or by a pixel with
+  :meth:`Synthesizer.segment_at` / ``resolve_overrides`` (``{(x, y): R}``): the segment containing it.
+* **global** — ``rank=R``: every segment pastes its rank-``R`` candidate.
+* **reference** — ``reference=IMAGE_ID`` (an image of the database split): each query segment takes,
+  among **its own** retrieved top-k, the best-ranked candidate cut from that image; a segment with
+  no such candidate keeps rank 0 (explicit ``overrides`` still win). The reference must be an
+  image with at least one retrieval candidate, else :class:`~pipeline.errors.ConfigError`.
+
+A rank a segment does not have leaves it black (as ``resail compose --rank``).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from pipeline.datasets.base import ClassMeta
+from pipeline.errors import CacheError, ConfigError, DataError
+from pipeline.online import OnlineGuidance, OnlineResult, choose
+from pipeline.composition import compose_guidance
+from pipeline.segments import Segment
+from resail_train import checkpoint as ckpt
+from resail_train.config import TrainConfig, config_from_dict
+from resail_train.data import Geometry, apply_geometry, instance_edges, rgb_to_tensor, tensor_to_rgb
+from resail_train.trainer import GENERATOR_FILE, build_generator, onehot, resolve_device
+
+__all__ = ["Synthesizer", "SegmentInfo", "recorded_cache_dir", "read_generator", "parse_pixel"]
+
+_CACHE_KEYS = ("cache_dir", "cache")
+
+
+# --------------------------------------------------------------------------- run folder
+def read_generator(run_dir: str | Path) -> tuple[dict, Path]:
+    """``generator.pt`` of a run (CacheError naming the folder/file when missing or foreign)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CacheError(run_dir, "run folder not found (train one with `resail train --out RUN_DIR`)")
+    path = run_dir / GENERATOR_FILE
+    if not path.is_file():
+        raise CacheError(path, "generator checkpoint not found (it is written at the end of `resail train`; "
+                               "an interrupted run can be finished with `resail train --resume`)")
+    obj = ckpt.load_checkpoint(path)
+    missing = [k for k in ("config", "label_nc", "classes", "state_dict") if k not in obj]
+    if missing or obj.get("kind", "resail-generator") != "resail-generator":
+        raise CacheError(path, f"not a RESAIL generator file (missing {', '.join(missing) or 'kind'})")
+    return obj, path
+
+
+def recorded_cache_dir(run_dir: str | Path) -> Path | None:
+    """The stage cache a run was trained on, where the run folder records it.
+
+    Looked up in ``train_summary.json``, ``generator.pt``, ``config.yaml`` (keys ``cache_dir`` or
+    ``cache``) and ``metrics.json`` (``details.cache_dir``, written by ``resail evaluate``).
+    """
+    run_dir = Path(run_dir)
+    cands: list = []
+    for name in ("train_summary.json", "metrics.json"):
+        p = run_dir / name
+        if p.is_file():
+            try:
+                d = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(d, dict):
+                cands += [d.get(k) for k in _CACHE_KEYS]
+                det = d.get("details")
+                if isinstance(det, dict):
+                    cands.append(det.get("cache_dir"))
+    p = run_dir / "config.yaml"
+    if p.is_file():
+        try:
+            d = yaml.safe_load(p.read_text())
+            if isinstance(d, dict):
+                cands += [d.get(k) for k in _CACHE_KEYS]
+        except (OSError, yaml.YAMLError):
+            pass
+    g = run_dir / GENERATOR_FILE
+    if g.is_file() and not any(cands):
+        try:
+            obj = ckpt.load_checkpoint(g)
+            cands += [obj.get(k) for k in _CACHE_KEYS]
+        except CacheError:
+            pass
+    for c in cands:
+        if isinstance(c, str) and c:
+            return Path(c)
+    return None
+
+
+def parse_pixel(text: str) -> tuple[int, int] | None:
+    """``"x,y"`` → (x, y); anything else → None."""
+    parts = str(text).replace(" ", "").split(",")
+    if len(parts) != 2:
+        return None
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+
+
+@dataclass
+class SegmentInfo:
+    index: int
+    class_id: int
+    class_name: str
+    is_thing: bool
+    box: tuple[int, int, int, int]
+    area: int
+    n_candidates: int
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """CPU: ``torch.use_deterministic_algorithms(True)``; CUDA: deterministic cuDNN, no autotuning.
+    Previous settings are restored."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[2], prev[3]
+
+
+# --------------------------------------------------------------------------- the synthesizer
+class Synthesizer:
+    """A trained generator + on-line retrieval guidance; see the module docstring."""
+
+    def __init__(self, generator: torch.nn.Module, cfg: TrainConfig, meta: ClassMeta, online: OnlineGuidance,
+                 device: torch.device, *, instance_edges: bool = False, run_dir: Path | None = None,
+                 step: int | None = None) -> None:
+        self.G = generator.to(device).eval()
+        for p in self.G.parameters():
+            p.requires_grad_(False)
+        self.cfg, self.meta, self.online, self.device = cfg, meta, online, device
+        self.instance_edges = bool(instance_edges)
+        self.run_dir, self.step = run_dir, step
+        self.num_classes = meta.num_classes
+        self.lut = meta.lookup_table()
+        self._memo: tuple[str, list[Segment], object] | None = None
+        self._image_of_segment: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, run_dir: str | Path, cache_dir: str | Path | None = None, device: str = "auto",
+             size: Sequence[int] | None = None, online: OnlineGuidance | None = None) -> "Synthesizer":
+        """Load ``RUN_DIR/generator.pt`` and an :class:`OnlineGuidance` on the run's cache.
+
+        ``cache_dir``: the stage cache (segment DB + retrieval); default: the one the run records
+        (:func:`recorded_cache_dir`). ``size``: generator output (H, W); default ``data.crop_size``.
+        """
+        run_dir = Path(run_dir)
+        obj, gpath = read_generator(run_dir)
+        try:
+            cfg = config_from_dict(obj["config"], str(gpath))
+            meta = ClassMeta.from_dict(obj["classes"])
+            label_nc = int(obj["label_nc"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(gpath, f"generator file is incomplete ({e})") from None
+        edges = bool(obj.get("instance_edges", False))
+        if label_nc != meta.num_classes + (1 if edges else 0):
+            raise CacheError(gpath, f"label_nc {label_nc} does not fit {meta.num_classes} classes"
+                                    f"{' + edges' if edges else ''}")
+        if size is not None:
+            h, w = int(size[0]), int(size[1])
+            f = 2 ** int(cfg.model.num_upsampling)
+            if h <= 0 or w <= 0 or h % f or w % f:
+                raise ConfigError(None, f"synthesis size {h}x{w} must be positive multiples of 2**num_upsampling = {f}")
+            cfg = cfg.with_overrides({"data.crop_size": [h, w], "data.load_size": None})
+        dev = resolve_device(device)
+        G = build_generator(cfg, label_nc)
+        try:
+            G.load_state_dict(obj["state_dict"])
+        except RuntimeError as e:
+            raise CacheError(gpath, f"generator weights do not fit its config ({str(e).splitlines()[0]})") from None
+        if online is None:
+            cache = Path(cache_dir) if cache_dir else recorded_cache_dir(run_dir)
+            if cache is None:
+                raise ConfigError(run_dir, "the run does not record its stage cache; pass --cache CACHE_DIR "
+                                           "(the datasets_cache/<name> folder it was trained on)")
+            if not cache.is_dir():
+                raise CacheError(cache, "stage cache folder not found (pass --cache CACHE_DIR)")
+            online = OnlineGuidance(cache, device=dev.type)
+        if online.meta != meta:
+            name = online.cache_dir
+            online.close()
+            raise ConfigError(name, f"class list of this cache ({online.meta.dataset}, {online.meta.num_classes} "
+                                    f"classes) differs from the run's ({meta.dataset}, {meta.num_classes})")
+        return cls(G, cfg, meta, online, dev, instance_edges=edges, run_dir=run_dir, step=obj.get("step"))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Generator output size (H, W)."""
+        return tuple(int(v) for v in self.G.crop_size)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.online.cache_dir
+
+    def close(self) -> None:
+        self.online.close()
+
+    def __enter__(self) -> "Synthesizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- retrieval / editing
+    def check(self, labels: np.ndarray, instances: np.ndarray | None = None, source=None) -> None:
+        """DataError naming ``source`` for ids outside the class list / a mismatched instance map."""
+        self.online.check(labels, instances, source)
+
+    def _retrieve(self, labels: np.ndarray, instances: np.ndarray | None):
+        """Segments + top-k of a map; the last map's result is memoised (editing reuses it)."""
+        h = hashlib.sha1()
+        for a in (labels, instances):
+            if a is None:
+                h.update(b"none")
+            else:
+                a = np.ascontiguousarray(a)
+                h.update(f"{a.shape}{a.dtype}".encode())
+                h.update(a.tobytes())
+        key = h.hexdigest()
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1], self._memo[2]
+        segs, top = self.online.retrieve(labels, instances)
+        self._memo = (key, segs, top)
+        return segs, top
+
+    def segments(self, labels: np.ndarray, instances: np.ndarray | None = None, source=None) -> list[SegmentInfo]:
+        """The map's segments (the indices local editing uses) with their candidate counts."""
+        labels = np.asarray(labels)
+        self.check(labels, instances, source)
+        segs, top = self._retrieve(labels, instances)
+        counts = np.bincount(top.query_index, minlength=len(segs)) if len(segs) else np.zeros(0, np.int64)
+        out = []
+        for i, s in enumerate(segs):
+            out.append(SegmentInfo(i, int(s.class_id), self.meta.by_id(int(s.class_id)).name, bool(s.is_thing),
+                                   tuple(int(v) for v in s.box), int(s.area), int(counts[i])))
+        return out
+
+    @staticmethod
+    def segment_at(segs: Sequence[Segment], x: int, y: int, source=None) -> int:
+        """Index of the segment containing pixel (x, y) (DataError when none does)."""
+        for i, s in enumerate(segs):
+            y0, x0, y1, x1 = s.box
+            if y0 <= y < y1 and x0 <= x < x1 and s.mask[y - y0, x - x0]:
+                return i
+        raise DataError(source, f"pixel (x={x}, y={y}) is not in any segment (outside the map, void, or a "
+                                f"segment smaller than min_area)")
+
+    def reference_overrides(self, segs: Sequence[Segment], top, image_id: str) -> dict[int, int]:
+        """{query index: best rank whose candidate comes from ``image_id``} (see module docstring)."""
+        if self._image_of_segment is None:
+            self._image_of_segment = np.asarray(self.online.db.col("image_id"), dtype=object)
+        img = self._image_of_segment
+        cand = np.asarray(self.online.db.col("candidate"), dtype=bool)
+        if not np.any(cand & (img == image_id)):
+            raise ConfigError(self.cache_dir, f"reference image {image_id!r} has no retrieval candidates in this "
+                                              f"database (an image id of the database split is needed)")
+        out: dict[int, int] = {}
+        if len(top):
+            hit = img[top.candidate_id] == image_id
+            for q, r in zip(top.query_index[hit].tolist(), top.rank[hit].tolist()):
+                if q not in out or r < out[q]:
+                    out[int(q)] = int(r)
+        return out
+
+    def resolve_overrides(self, segs: Sequence[Segment], overrides: Mapping | None, source=None) -> dict[int, int]:
+        """Keys may be segment indices or (x, y) pixels; values are ranks."""
+        out: dict[int, int] = {}
+        for k, r in (overrides or {}).items():
+            if isinstance(k, (tuple, list)):
+                k = self.segment_at(segs, int(k[0]), int(k[1]), source)
+            k = int(k)
+            if not 0 <= k < len(segs):
+                raise ConfigError(source, f"segment {k} does not exist: the label map has {len(segs)} segments "
+                                          f"(0..{len(segs) - 1})")
+            if int(r) < 0:
+                raise ConfigError(None, f"rank must be >= 0, got {r}")
+            out[k] = int(r)
+        return out
+
+    def guidance(self, labels: np.ndarray, instances: np.ndarray | None = None, *, rank: int = 0,
+                 overrides: Mapping | None = None, reference: str | None = None, source=None) -> OnlineResult:
+        """Retrieval guidance at the label map's resolution with the editing choices applied."""
+        import time
+
+        if int(rank) < 0:
+            raise ConfigError(None, f"rank must be >= 0, got {rank}")
+        t0 = time.perf_counter()
+        labels = np.asarray(labels)
+        inst = None if instances is None else np.asarray(instances)
+        self.check(labels, inst, source)
+        segs, top = self._retrieve(labels, inst)
+        t1 = time.perf_counter()
+        ov = self.reference_overrides(segs, top, reference) if reference is not None else {}
+        ov.update(self.resolve_overrides(segs, overrides, source))
+        matches = choose(top, len(segs), int(rank), ov)
+        crops = [None if c < 0 else self.online.crop(int(c)) for c in matches.tolist()]
+        g, valid = compose_guidance(labels, self.meta, segs, crops)
+        t2 = time.perf_counter()
+        return OnlineResult(g, valid, segs, top, matches, {"retrieve": t1 - t0, "compose": t2 - t1, "total": t2 - t0})
+
+    # ---------------------------------------------------------------- generation
+    def prepare(self, labels: np.ndarray, guidance: np.ndarray, instances: np.ndarray | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(semantic input [label_nc, H, W], guidance [3, H, W] in [-1, 1]) at the generator size (CPU)."""
+        labels = np.asarray(labels)
+        if guidance.shape[:2] != labels.shape:
+            raise ValueError(f"guidance {guidance.shape[:2]} and labels {labels.shape} differ in size")
+        h, w = self.size
+        geo = Geometry((h, w), (0, 0, h, w), False)
+        dense = self.lut[np.clip(labels, 0, len(self.lut) - 1)]
+        if (dense < 0).any():
+            raise DataError(None, "label ids outside the class list")
+        lab = torch.from_numpy(apply_geometry(dense, geo, nearest=True).astype(np.int64))
+        seg = onehot(lab[None], self.num_classes)[0]
+        if self.instance_edges:
+            inst = np.zeros(labels.shape, np.int64) if instances is None else np.asarray(instances)
+            e = instance_edges(apply_geometry(inst, geo, nearest=True))
+            seg = torch.cat([seg, torch.from_numpy(e.astype(np.float32))[None]], 0)
+        g = rgb_to_tensor(apply_geometry(np.asarray(guidance, np.uint8), geo, nearest=False))
+        return seg, g
+
+    @torch.no_grad()
+    def generate(self, seg: torch.Tensor, guidance: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """G on a batch (or one sample) of prepared inputs → [B, 3, H, W] in [-1, 1] (on the device)."""
+        if seg.dim() == 3:
+            seg, guidance = seg[None], guidance[None]
+        nb = self.device.type == "cuda"
+        torch.manual_seed(int(seed))
+        with _deterministic(self.device):
+            return self.G(seg.to(self.device, non_blocking=nb), guidance.to(self.device, non_blocking=nb))
+
+    @staticmethod
+    def to_image(fake: torch.Tensor, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """[3, H, W] in [-1, 1] → uint8 RGB, resized (bicubic) to ``out_size`` (H, W) when given."""
+        img = tensor_to_rgb(fake)
+        if out_size is not None and tuple(img.shape[:2]) != tuple(out_size):
+            img = cv2.resize(img, (int(out_size[1]), int(out_size[0])), interpolation=cv2.INTER_CUBIC)
+        return img
+
+    def render(self, labels: np.ndarray, guidance: np.ndarray, instances: np.ndarray | None = None,
+               seed: int = 0) -> np.ndarray:
+        """Generate from given guidance; uint8 RGB at the label map's size."""
+        seg, g = self.prepare(labels, guidance, instances)
+        return self.to_image(self.generate(seg, g, seed)[0], np.asarray(labels).shape)
+
+    def synthesize(self, labels: np.ndarray, instances: np.ndarray | None = None, *, rank: int = 0,
+                   overrides: Mapping | None = None, reference: str | None = None, seed: int = 0,
+                   source=None) -> tuple[np.ndarray, np.ndarray, OnlineResult]:
+        """(image H×W×3 uint8, guidance H×W×3 uint8, OnlineResult) for a label map (H×W class ids)."""
+        res = self.guidance(labels, instances, rank=rank, overrides=overrides, reference=reference, source=source)
+        img = self.render(labels, res.guidance, instances, seed)
+        return img, res.guidance, res

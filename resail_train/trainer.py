@@ -1,0 +1,698 @@
+"""The RESAIL training loop (paper §3.4, appendix B; method.md §6) in plain PyTorch.
+
+One iteration = one generator step then one discriminator step (SPADE order):
+
+* **G step** — the generator runs twice on the same label map: with the *distorted ground truth*
+  as guidance (hinge GAN + feature matching λ_fm + VGG λ_vgg against the real image + class-
+  balanced segmentation CE ×λ_seg of the frozen segmentation net) and with the *retrieval guidance*
+  (hinge GAN + segmentation CE). The discriminator (parameters frozen for this step) sees both fakes
+  and the real image in one concatenated batch (InstanceNorm is per sample, so this equals separate
+  calls); feature matching uses the real image's features.
+* **D step** — both fakes are generated again with the updated G under ``no_grad`` (SPADE / the
+  released code) and D minimises ``Σ_fakes [hinge_real + hinge_fake]`` — the real term once per
+  fake, as the released code sums ``D_real`` and ``D_real_retrieval``.
+
+Both G passes go through one module call (:class:`GeneratorPasses`), so DDP sees one forward per
+backward. Learning rates decay linearly to 0 over the last ``optim.decay_epochs`` epochs
+(per iteration); Adam betas ``(optim.beta1, optim.beta2)``.
+
+Exact resume: the data order and every random choice of a sample are functions of
+``(seed, epoch, index)`` (:mod:`resail_train.data`), the sampler's position is saved, and the
+models, optimisers, schedulers, AMP scalers, EMA and RNG states go into the checkpoint. On CPU with
+``deterministic: true`` (``torch.use_deterministic_algorithms``) N steps straight and N/2 + resume +
+N/2 give bit-identical weights.
+
+DDP: started by ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``), ``init_process_group``
+with NCCL on CUDA and gloo on CPU; BatchNorm → SyncBatchNorm on CUDA (PyTorch's SyncBatchNorm has
+no CPU kernel, so CPU/gloo runs keep per-process BatchNorm); :class:`EpochBatchSampler` shards the
+data like ``DistributedSampler``; ``optim.batch_size`` is the global batch. Only rank 0 writes
+checkpoints, logs and samples. On resume every rank restores rank 0's RNG state.
+
+Run folder (``RUN_DIR``): ``config.yaml`` (the resolved config), ``checkpoints/latest.pt`` and
+``checkpoints/step_XXXXXXX.pt``, ``generator.pt`` (final generator weights — EMA when used — with
+what is needed to rebuild it: ``config``, ``label_nc``, ``num_classes``, ``instance_edges``,
+``classes``, ``cache_dir``, ``step``, ``ema``), ``samples/step_XXXXXXX.png`` (rows: label colours | retrieval
+guidance | distorted GT | fake from retrieval guidance | fake from distorted GT | real),
+``logs/`` (dvclive: ``metrics.json``, ``plots/metrics/{train,lr,perf}/*.tsv``), ``train_summary.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.cache import write_json_atomic
+from pipeline.datasets.base import ClassMeta
+from pipeline.errors import CacheError, ConfigError
+from resail_train import checkpoint as ckpt
+from resail_train.config import VGG_HELP, TrainConfig, config_fingerprint
+from resail_train.data import CacheDataset, EpochBatchSampler, collate, tensor_to_rgb, worker_init
+from resail_train.discriminator import SesameMultiscaleDiscriminator
+from resail_train.generator import RESAILGenerator
+from resail_train.losses import (VGGLoss, balanced_cross_entropy, feature_matching_loss, hinge_d_loss_fake,
+                                 hinge_d_loss_real, hinge_g_loss)
+
+SAMPLES_DIR = "samples"
+LOGS_DIR = "logs"
+GENERATOR_FILE = "generator.pt"
+SEGNET_FILE = "segnet.pt"
+SEGNET_MULTIPLE = 64
+SEGNET_MISSING = ("segmentation net not found: run `resail train-segnet --cache CACHE --out RUN_DIR` first "
+                  "(or set segnet.path, or loss.lambda_seg: 0 to train without the segmentation loss)")
+
+
+# --------------------------------------------------------------------------- small helpers
+def log(msg: str) -> None:
+    """One line to stderr (rank 0 only), safe next to a tqdm bar."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
+    except Exception:  # noqa: BLE001
+        print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(None, "--device cuda: no CUDA device available")
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(None, f"unknown device {name!r} (auto, cpu or cuda)")
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device_kind: str) -> "DistEnv":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        here = False
+        if not dist.is_initialized():
+            backend = "nccl" if device_kind == "cuda" else "gloo"
+            if device_kind == "cuda":
+                torch.cuda.set_device(local % torch.cuda.device_count())
+            dist.init_process_group(backend=backend)
+            here = True
+        return cls(rank, world, local, here)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Dense labels [B, H, W] (ignore = C) → float one-hot [B, C, H, W]; ignored pixels all-zero."""
+    oh = F.one_hot(labels.clamp(0, num_classes), num_classes + 1)[..., :num_classes]
+    return oh.permute(0, 3, 1, 2).float()
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SEGNET_MULTIPLE, value: float | None = None) -> torch.Tensor:
+    """Pad the last two dims (bottom/right) to a multiple: replicate for images, ``value`` for labels."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return x
+    if value is None:
+        return F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return F.pad(x, (0, pw, 0, ph), mode="constant", value=value)
+
+
+def segment(segnet: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Segmentation logits at the images' size (inputs padded to a multiple of 64 for the U-Net)."""
+    h, w = images.shape[-2:]
+    return segnet(pad_to_multiple(images))[..., :h, :w]
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def split_preds(preds: list[list[torch.Tensor]], n: int) -> list[list[list[torch.Tensor]]]:
+    """Discriminator output of a batch of ``n`` equal chunks → ``n`` outputs of one chunk each."""
+    return [[[t.chunk(n, dim=0)[i] for t in scale] for scale in preds] for i in range(n)]
+
+
+def linear_decay(total_steps: int, decay_steps: int) -> Callable[[int], float]:
+    """LR factor: 1 until ``total − decay``, then linear to 0 at ``total`` (per iteration)."""
+    start = total_steps - decay_steps
+
+    def factor(step: int) -> float:
+        if decay_steps <= 0 or step < start:
+            return 1.0
+        return max(0.0, (total_steps - step) / decay_steps)
+    return factor
+
+
+class GeneratorPasses(nn.Module):
+    """Runs the generator once per guidance image (one module call for DDP)."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, seg: torch.Tensor, guidances: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.generator(seg, g) for g in guidances]
+
+
+# --------------------------------------------------------------------------- model construction
+def build_generator(cfg: TrainConfig, label_nc: int) -> RESAILGenerator:
+    m = cfg.model
+    return RESAILGenerator(label_nc, ngf=m.ngf, crop_size=tuple(cfg.data.crop_size), num_upsampling=m.num_upsampling,
+                           norm=m.norm, norm_hidden=m.norm_hidden)
+
+
+def build_discriminator(cfg: TrainConfig, label_nc: int) -> SesameMultiscaleDiscriminator:
+    m = cfg.model
+    return SesameMultiscaleDiscriminator(label_nc, ndf=m.ndf, n_layers=m.n_layers_D, num_D=m.num_D)
+
+
+def load_segnet(path: str | Path, meta: ClassMeta, device: torch.device) -> nn.Module:
+    """The frozen segmentation net of ``resail train-segnet`` (eval mode, no grads)."""
+    from resail_train.segnet import SegNet
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, SEGNET_MISSING)
+    obj = ckpt.load_checkpoint(path)
+    try:
+        state, c, width, spectral = obj["state_dict"], int(obj["num_classes"]), int(obj["base_width"]), bool(obj["spectral"])
+        classes = obj.get("classes")
+    except (KeyError, TypeError, ValueError):
+        raise CacheError(path, "not a segmentation-net file of `resail train-segnet`") from None
+    if c != meta.num_classes or (classes is not None and ClassMeta.from_dict(classes) != meta):
+        raise CacheError(path, f"segmentation net was trained on another class list ({c} classes, dataset "
+                               f"{(classes or {}).get('name')!r}); this cache has {meta.num_classes} ({meta.dataset})")
+    net = SegNet(c, base_width=width, spectral=spectral)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CacheError(path, f"segmentation net weights do not fit ({str(e).splitlines()[0]})") from None
+    net.to(device).eval()
+    set_requires_grad(net, False)
+    return net
+
+
+def resolve_vgg(cfg: TrainConfig, vgg_weights: str | None) -> str | None:
+    """The VGG19 weights path to use, or ``None`` (loss off); refuses when the config requires VGG."""
+    if cfg.loss.lambda_vgg <= 0:
+        return None
+    path = vgg_weights or cfg.vgg_weights
+    if path:
+        if not Path(path).is_file():
+            raise ConfigError(path, f"VGG19 weights not found; {VGG_HELP}")
+        return str(path)
+    if cfg.loss.vgg_required:
+        raise ConfigError(cfg.source, f"config '{cfg.name}' needs VGG19 weights and none were given: {VGG_HELP}")
+    return None
+
+
+# --------------------------------------------------------------------------- options/results
+@dataclass
+class TrainOptions:
+    max_steps: int | None = None  # stop after this many steps in total (does not change the schedule)
+    resume: bool = False
+    amp: bool = False
+    compile: bool = False
+    device: str = "auto"
+    vgg_weights: str | None = None
+    progress: bool = True
+    data_root: str | None = None
+    threads: int | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    total_steps: int
+    epoch: int
+    seconds: float
+    data_wait_fraction: float
+    step_time_s: float
+    last_losses: dict = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    def __init__(self, cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, opts: TrainOptions = TrainOptions()):
+        self.cache_dir, self.run_dir, self.cfg, self.opts = Path(cache_dir), Path(run_dir), cfg, opts
+        self._det_prev: tuple[bool, bool] | None = None
+
+    # ---------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg, opts = self.cfg, self.opts
+        kind = "cuda" if (opts.device in (None, "auto") and torch.cuda.is_available()) or opts.device == "cuda" else "cpu"
+        if opts.device not in (None, "auto", "cpu", "cuda"):
+            raise ConfigError(None, f"unknown device {opts.device!r} (auto, cpu or cuda)")
+        # Checks that need no data first: refuse early and cheaply.
+        self.vgg_path = resolve_vgg(cfg, opts.vgg_weights)
+        self.segnet_path = Path(cfg.segnet.path) if cfg.segnet.path else self.run_dir / SEGNET_FILE
+        if cfg.loss.lambda_seg > 0 and not self.segnet_path.is_file():
+            raise ConfigError(self.segnet_path, SEGNET_MISSING)
+        self.dist = DistEnv.from_env(kind)
+        self.device = resolve_device(kind, self.dist.local_rank)
+        if opts.threads:
+            torch.set_num_threads(int(opts.threads))
+        self._det_prev = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.amp = bool(opts.amp) and self.device.type == "cuda"
+        if opts.amp and not self.amp:
+            log("train: --amp ignored on CPU (autocast is for CUDA here)")
+        self.amp_dtype = torch.bfloat16 if cfg.optim.amp_dtype == "bf16" else torch.float16
+
+        ws = self.dist.world_size
+        if cfg.optim.batch_size % ws:
+            raise ConfigError(cfg.source, f"optim.batch_size {cfg.optim.batch_size} is not divisible by the "
+                                          f"{ws} processes")
+        self.batch_per_rank = cfg.optim.batch_size // ws
+        d = cfg.data
+        self.dataset = CacheDataset(self.cache_dir, d.split, load_size=d.load_size, crop_size=d.crop_size, train=True,
+                                    flip=d.flip, guidance=d.guidance_sampling, distortions=True,
+                                    instance_edges=d.instance_edges, topk=d.topk, seed=cfg.seed,
+                                    data_root=opts.data_root)
+        if d.instance_edges and not self.dataset.instance_edges:
+            log("train: data.instance_edges is on but the dataset has no instance maps; no edge channel")
+        self.meta = self.dataset.meta
+        self.num_classes = self.dataset.num_classes
+        self.label_nc = self.dataset.label_nc
+        self.sampler = EpochBatchSampler(len(self.dataset), self.batch_per_rank, seed=cfg.seed, shuffle=True,
+                                         rank=self.dist.rank, world_size=ws)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        if self.steps_per_epoch < 1:
+            raise ConfigError(cfg.source, f"split '{d.split}' has {len(self.dataset)} images: fewer than one batch of "
+                                          f"{cfg.optim.batch_size} (lower optim.batch_size)")
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        nw = d.num_workers
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=nw, collate_fn=collate,
+            pin_memory=self.device.type == "cuda", worker_init_fn=worker_init if nw else None,
+            persistent_workers=nw > 0, prefetch_factor=4 if nw else None)
+
+        # Models: identical init on every rank (DDP also broadcasts from rank 0).
+        torch.manual_seed(cfg.seed)
+        self.G = build_generator(cfg, self.label_nc).to(self.device)
+        self.D = build_discriminator(cfg, self.label_nc).to(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        self.G_ema = None
+        if cfg.optim.ema_decay > 0:
+            self.G_ema = copy.deepcopy(self.G).eval()
+            set_requires_grad(self.G_ema, False)
+        betas = (float(cfg.optim.beta1), float(cfg.optim.beta2))
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr_G, betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.lr_D, betas=betas)
+        decay = cfg.optim.decay_epochs * self.steps_per_epoch
+        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, linear_decay(self.total_steps, decay))
+        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, linear_decay(self.total_steps, decay))
+        fp16 = self.amp and self.amp_dtype == torch.float16
+        self.scaler_G = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler_D = torch.amp.GradScaler("cuda", enabled=fp16)
+
+        passes = GeneratorPasses(self.G)
+        disc = self.D
+        if self.opts.compile:
+            passes = torch.compile(passes)
+            disc = torch.compile(disc)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            passes = nn.parallel.DistributedDataParallel(passes, device_ids=ids)
+            disc = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+        self.G_passes, self.D_train = passes, disc
+        self.D_frozen = torch.compile(self.D) if self.opts.compile else self.D  # G step: no DDP, no D grads
+
+        self.segnet = load_segnet(self.segnet_path, self.meta, self.device) if cfg.loss.lambda_seg > 0 else None
+        self.vgg_loss = None
+        if self.vgg_path:
+            from resail_train.vgg import load_vgg19
+
+            self.vgg_loss = VGGLoss(load_vgg19(self.vgg_path)).to(self.device)
+
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._resumed_from: Path | None = None
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        st = {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "total_steps": self.total_steps, "config": self.cfg.to_dict(), "label_nc": self.label_nc,
+            "classes": self.meta.to_dict(), "world_size": self.dist.world_size,
+            "models": {"G": self.G.state_dict(), "D": self.D.state_dict()},
+            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
+            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
+            "scalers": {"G": self.scaler_G.state_dict(), "D": self.scaler_D.state_dict()},
+            "sampler": {"epoch": self.epoch, "start_batch": self.batch_in_epoch, "seed": self.sampler.seed,
+                        "n": self.sampler.n, "batch_size": self.sampler.batch_size},
+            "rng": ckpt.capture_rng_state(),
+        }
+        if self.G_ema is not None:
+            st["models"]["G_ema"] = self.G_ema.state_dict()
+        return st
+
+    def load_state_dict(self, st: dict, path: Path) -> None:
+        mine = self.cfg.to_dict()
+        theirs = st.get("config") or {}
+        if config_fingerprint(theirs, ("model",)) != config_fingerprint(mine, ("model",)) or \
+                theirs.get("data", {}).get("crop_size") != mine["data"]["crop_size"]:
+            raise ConfigError(path, "checkpoint was trained with another model config (model section / crop size "
+                                    "differ); resume with the same config or start a new run")
+        if int(st.get("label_nc", -1)) != self.label_nc or ClassMeta.from_dict(st["classes"]) != self.meta:
+            raise ConfigError(path, "checkpoint was trained on another class list / label channels")
+        if int(st.get("world_size", 1)) != self.dist.world_size:
+            log(f"train: checkpoint was written with {st.get('world_size')} processes, resuming with "
+                f"{self.dist.world_size}: the data order differs from an uninterrupted run")
+        if (st["sampler"]["n"], st["sampler"]["batch_size"]) != (self.sampler.n, self.sampler.batch_size):
+            log("train: dataset size or batch size changed since the checkpoint; the data order differs")
+        try:
+            self.G.load_state_dict(st["models"]["G"])
+            self.D.load_state_dict(st["models"]["D"])
+            if self.G_ema is not None:
+                self.G_ema.load_state_dict(st["models"].get("G_ema", st["models"]["G"]))
+            self.opt_G.load_state_dict(st["optimizers"]["G"])
+            self.opt_D.load_state_dict(st["optimizers"]["D"])
+            self.sched_G.load_state_dict(st["schedulers"]["G"])
+            self.sched_D.load_state_dict(st["schedulers"]["D"])
+            if self.scaler_G.is_enabled() and st.get("scalers"):
+                self.scaler_G.load_state_dict(st["scalers"]["G"])
+                self.scaler_D.load_state_dict(st["scalers"]["D"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CacheError(path, f"checkpoint does not fit this run ({str(e).splitlines()[0]})") from None
+        self.step, self.epoch, self.batch_in_epoch = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
+        ckpt.restore_rng_state(st["rng"])
+
+    # ---------------------------------------------------------------- one iteration
+    def _inputs(self, batch: dict) -> dict:
+        dev = self.device
+        nb = dev.type == "cuda"
+        labels = batch["labels"].to(dev, non_blocking=nb)
+        seg = onehot(labels, self.num_classes)
+        if "edges" in batch:
+            seg = torch.cat([seg, batch["edges"].to(dev, non_blocking=nb)], dim=1)
+        return {"labels": labels, "seg": seg, "real": batch["image"].to(dev, non_blocking=nb),
+                "guidance": batch["guidance"].to(dev, non_blocking=nb),
+                "distorted": batch["distorted"].to(dev, non_blocking=nb)}
+
+    def _guidances(self, x: dict) -> list[torch.Tensor]:
+        return [x["distorted"], x["guidance"]] if self.cfg.loss.retrieval_pass else [x["distorted"]]
+
+    def train_step(self, x: dict) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        cfg = self.cfg.loss
+        seg, real, labels = x["seg"], x["real"], x["labels"]
+        # ---- generator
+        set_requires_grad(self.D, False)
+        with self._autocast():
+            fakes = self.G_passes(seg, self._guidances(x))
+            n = len(fakes)
+            preds = split_preds(self.D_frozen(torch.cat(fakes + [real]), seg.repeat(n + 1, 1, 1, 1)), n + 1)
+            pred_real = preds[-1]
+            losses: dict[str, torch.Tensor] = {"G_gan": hinge_g_loss(preds[0])}
+            if cfg.lambda_fm > 0:
+                losses["G_fm"] = feature_matching_loss(preds[0], pred_real, cfg.lambda_fm)
+            if self.vgg_loss is not None:
+                losses["G_vgg"] = cfg.lambda_vgg * self.vgg_loss(fakes[0].float(), real)
+            if n > 1:
+                losses["G_gan_ret"] = hinge_g_loss(preds[1])
+            if self.segnet is not None:
+                logits = segment(self.segnet, torch.cat(fakes)).float().chunk(n)
+                losses["G_seg"] = cfg.lambda_seg * balanced_cross_entropy(logits[0], labels, self.num_classes)
+                if n > 1:
+                    losses["G_seg_ret"] = cfg.lambda_seg * balanced_cross_entropy(logits[1], labels, self.num_classes)
+            g_total = sum(v.float() for v in losses.values())
+        self.opt_G.zero_grad(set_to_none=True)
+        self.scaler_G.scale(g_total).backward()
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
+        set_requires_grad(self.D, True)
+        if self.G_ema is not None:
+            self._update_ema()
+        # ---- discriminator
+        with torch.no_grad(), self._autocast():
+            fakes_d = [f.detach() for f in self.G_passes(seg, self._guidances(x))]
+        with self._autocast():
+            preds = split_preds(self.D_train(torch.cat(fakes_d + [real]), seg.repeat(n + 1, 1, 1, 1)), n + 1)
+            real_term = hinge_d_loss_real(preds[-1])
+            losses["D_real"] = real_term * n
+            losses["D_fake"] = hinge_d_loss_fake(preds[0])
+            if n > 1:
+                losses["D_fake_ret"] = hinge_d_loss_fake(preds[1])
+            d_total = losses["D_real"].float() + losses["D_fake"].float() + (losses["D_fake_ret"].float() if n > 1 else 0)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler_D.scale(d_total).backward()
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
+        self.sched_G.step()
+        self.sched_D.step()
+        losses["G_total"], losses["D_total"] = g_total.detach(), d_total.detach()
+        return {k: v.detach() for k, v in losses.items()}, fakes
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.optim.ema_decay
+        for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            pe.lerp_(p.detach(), 1.0 - decay)
+        for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            be.copy_(b)
+
+    # ---------------------------------------------------------------- outputs
+    def _sample_grid(self, batch: dict, fakes: list[torch.Tensor]) -> np.ndarray:
+        from pipeline.visualize import colorize_labels, hstack, vstack
+
+        ids = np.append(self.meta.ids, self.meta.ignore_id)
+        rows = []
+        k = min(self.cfg.log.n_samples, batch["image"].shape[0])
+        for i in range(k):
+            lab = ids[batch["labels"][i].cpu().numpy()]
+            cols = [colorize_labels(lab, self.meta), tensor_to_rgb(batch["guidance"][i]),
+                    tensor_to_rgb(batch["distorted"][i])]
+            if len(fakes) > 1:
+                cols.append(tensor_to_rgb(fakes[1][i]))
+            cols += [tensor_to_rgb(fakes[0][i]), tensor_to_rgb(batch["image"][i])]
+            rows.append(hstack(cols))
+        return vstack(rows)
+
+    def _write_sample(self, batch: dict, fakes: list[torch.Tensor]) -> Path:
+        from pipeline.visualize import write_png
+
+        path = self.run_dir / SAMPLES_DIR / f"step_{self.step:07d}.png"
+        write_png(path, self._sample_grid(batch, fakes))
+        return path
+
+    def _save(self, keep: bool) -> Path:
+        paths = ckpt.save_training_checkpoint(self.run_dir, self.state_dict(), self.step, keep)
+        return paths[0]
+
+    def _write_generator(self) -> Path:
+        g = self.G_ema if self.G_ema is not None else self.G
+        obj = {"format": 1, "kind": "resail-generator", "ema": self.G_ema is not None, "step": self.step,
+               "config": self.cfg.to_dict(), "label_nc": self.label_nc, "num_classes": self.num_classes,
+               "instance_edges": self.dataset.instance_edges, "classes": self.meta.to_dict(),
+               "cache_dir": str(self.cache_dir), "state_dict": g.state_dict()}
+        return ckpt.save_atomic(obj, self.run_dir / GENERATOR_FILE)
+
+    def _fresh_run_dir(self) -> None:
+        for sub in (ckpt.CHECKPOINT_DIR, SAMPLES_DIR, LOGS_DIR):
+            p = self.run_dir / sub
+            if p.is_dir():
+                shutil.rmtree(p)
+        for f in (GENERATOR_FILE, "train_summary.json"):
+            (self.run_dir / f).unlink(missing_ok=True)
+
+    def _open_live(self, resume: bool):
+        try:
+            from dvclive import Live
+        except ImportError:  # pragma: no cover - dvclive is a dependency
+            return None
+        return Live(dir=str(self.run_dir / LOGS_DIR), resume=resume, save_dvc_exp=False, dvcyaml=False)
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if self._det_prev is not None:
+                torch.use_deterministic_algorithms(self._det_prev[0])
+                torch.backends.cudnn.benchmark = self._det_prev[1]
+            ds = getattr(self, "dataset", None)
+            if ds is not None:
+                ds.close()
+            d = getattr(self, "dist", None)
+            if d is not None:
+                d.close()
+
+    def _run(self) -> TrainResult:
+        self._setup()
+        cfg, opts, main = self.cfg, self.opts, self.dist.is_main
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if opts.resume and latest is not None:
+            self.load_state_dict(ckpt.load_checkpoint(latest), latest)
+            self._resumed_from = latest
+        elif main:
+            if opts.resume:
+                log(f"train: --resume but no checkpoint in {self.run_dir / ckpt.CHECKPOINT_DIR}; starting fresh")
+            self._fresh_run_dir()
+        self.dist.barrier()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        stop = self.total_steps if opts.max_steps is None else min(self.total_steps, int(opts.max_steps))
+        n_img = len(self.dataset)
+        if main:
+            log(f"train: config {cfg.name} ({cfg.source}); {n_img} images of split '{cfg.data.split}', "
+                f"batch {cfg.optim.batch_size} ({self.dist.world_size} process(es)), {self.steps_per_epoch} steps/epoch, "
+                f"{self.total_steps} steps in the schedule; device {self.device}"
+                f"{', AMP ' + cfg.optim.amp_dtype if self.amp else ''}")
+            log(f"train: guidance {cfg.data.guidance_sampling}, crop {cfg.data.crop_size[0]}x{cfg.data.crop_size[1]} (HxW), "
+                f"ngf {cfg.model.ngf}, norm {cfg.model.norm}, label channels {self.label_nc}")
+            if cfg.loss.lambda_vgg > 0 and self.vgg_loss is None:
+                log("train: VGG perceptual loss is OFF (no VGG19 weights given; pass --vgg-weights PATH to enable it)")
+            elif self.vgg_loss is not None:
+                log(f"train: VGG perceptual loss on ({self.vgg_path})")
+            if self.segnet is None:
+                log("train: segmentation loss is OFF (loss.lambda_seg = 0)")
+            else:
+                log(f"train: segmentation loss ×{cfg.loss.lambda_seg} with {self.segnet_path}")
+            if self._resumed_from is not None:
+                log(f"train: resumed from {self._resumed_from} at step {self.step} (epoch {self.epoch}, "
+                    f"batch {self.batch_in_epoch})")
+        live = self._open_live(self._resumed_from is not None) if main else None
+        bar = None
+        if main and opts.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        self.G.train()
+        self.D.train()
+        t_start = time.perf_counter()
+        win = {"wait": 0.0, "steps": 0, "t0": time.perf_counter(), "losses": {}}
+        tot_wait, tot_time, tot_steps = 0.0, 0.0, 0
+        last_losses: dict[str, float] = {}
+        last = None
+        while self.step < stop:
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            self.sampler.set_position(self.epoch, self.batch_in_epoch)
+            t_prev = time.perf_counter()
+            for batch in self.loader:
+                t_data = time.perf_counter()
+                losses, fakes = self.train_step(self._inputs(batch))
+                self.step += 1
+                self.batch_in_epoch += 1
+                for k, v in losses.items():
+                    win["losses"][k] = win["losses"].get(k, 0.0) + v  # tensors: no sync here
+                win["wait"] += t_data - t_prev
+                win["steps"] += 1
+                last = (batch, fakes)
+                done = self.step >= stop
+                if self.step % cfg.log.scalar_every == 0 or done:
+                    last_losses = {k: float(v) / win["steps"] for k, v in win["losses"].items()}  # syncs the device
+                    elapsed = time.perf_counter() - win["t0"]
+                    wait_frac = win["wait"] / elapsed if elapsed > 0 else 0.0
+                    tot_wait, tot_time, tot_steps = tot_wait + win["wait"], tot_time + elapsed, tot_steps + win["steps"]
+                    if main:
+                        self._log_scalars(live, last_losses, wait_frac, elapsed / win["steps"])
+                        if bar is not None:
+                            bar.set_postfix(G=f"{last_losses['G_total']:.3f}", D=f"{last_losses['D_total']:.3f}",
+                                            wait=f"{100 * wait_frac:.0f}%")
+                    win = {"wait": 0.0, "steps": 0, "t0": time.perf_counter(), "losses": {}}
+                if main:
+                    if self.step % cfg.log.sample_every == 0 or done:
+                        self._write_sample(batch, fakes)
+                    keep = self.step % cfg.log.checkpoint_every == 0
+                    if keep or self.step % cfg.log.latest_every == 0 or done:
+                        self._save(keep)
+                if bar is not None:
+                    bar.update(1)
+                t_prev = time.perf_counter()
+                if done:
+                    break
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t_start
+        ck = None
+        if main:
+            if last is None:  # nothing to do (already at the end of the schedule / max-steps)
+                self._save(False)
+            ck = ckpt.latest_checkpoint(self.run_dir)
+            self._write_generator()
+            summary = {"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
+                       "seconds": round(seconds, 3), "data_wait_fraction": tot_wait / tot_time if tot_time else 0.0,
+                       "step_time_s": tot_time / tot_steps if tot_steps else 0.0, "losses": last_losses,
+                       "device": str(self.device), "world_size": self.dist.world_size,
+                       "cache_dir": str(self.cache_dir), "config": cfg.name}
+            write_json_atomic(self.run_dir / "train_summary.json", summary)
+            if live is not None:
+                live.end()
+            log(f"train: step {self.step}/{self.total_steps} in {seconds:.1f}s "
+                f"(data wait {100 * summary['data_wait_fraction']:.1f}% of step time) → {self.run_dir}")
+        self.dist.barrier()
+        return TrainResult(self.run_dir, self.step, self.total_steps, self.epoch, seconds,
+                           tot_wait / tot_time if tot_time else 0.0, tot_time / tot_steps if tot_steps else 0.0,
+                           last_losses, ck)
+
+    def _log_scalars(self, live, losses: dict, wait_frac: float, step_time: float) -> None:
+        if live is None:
+            return
+        live.step = self.step
+        for k, v in losses.items():
+            live.log_metric(f"train/{k}", v)
+        live.log_metric("lr/G", self.opt_G.param_groups[0]["lr"])
+        live.log_metric("lr/D", self.opt_D.param_groups[0]["lr"])
+        live.log_metric("perf/data_wait_fraction", wait_frac)
+        live.log_metric("perf/step_time_s", step_time)
+        live.log_metric("epoch", self.epoch, plot=False)
+        live.make_summary()
+
+
+def train(cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, opts: TrainOptions = TrainOptions()) -> TrainResult:
+    """Train (or resume) a RESAIL generator; see the module docstring."""
+    return Trainer(cache_dir, run_dir, cfg, opts).run()
