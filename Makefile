@@ -8,11 +8,14 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install demo test bench clean
 
-# torch is installed first and pinned here only: setup.cfg says torch>=2.1 so GPU users keep their CUDA build.
+# torch is installed first, and only when .venv has none: setup.cfg says torch>=2.1, so a CUDA build
+# you put into .venv yourself is kept. TORCH picks another pin (e.g. make install TORCH=torch==2.5.1).
+TORCH ?= torch==2.13.0
+
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install --quiet '$(TORCH)'
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 

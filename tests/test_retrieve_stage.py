@@ -114,3 +114,35 @@ def test_choose_ranks_and_overrides():
     assert choose(top, 4).tolist() == [5, 7, 8, -1]
     assert choose(top, 4, rank=1).tolist() == [6, -1, 9, -1]
     assert choose(top, 4, overrides={2: 2}).tolist() == [5, 7, 10, -1]
+
+
+def test_engine_equals_brute_force_on_the_real_demo_masks(tmp_path):
+    """Real CamVid segments (the committed demo data): many near-ties and skewed classes."""
+    from tests.conftest import REPO
+
+    adapter = open_dataset("folder", REPO / "data" / "camvid_demo")
+    import pipeline.decomposition as dec
+
+    refs = [r for s in ("train", "val") for r in adapter.refs(s)[::3]]
+    out = tmp_path / "demo"
+    original = dec.collect_refs
+    dec.collect_refs = lambda a, splits: refs
+    try:
+        build_segment_db(adapter, out, progress=False)
+    finally:
+        dec.collect_refs = original
+    from pipeline.retrieval_db import run_retrieval
+
+    params = RetrievalParams(k=10, max_score=0.58)
+    run_retrieval(out, params, device="cpu", batch=257, progress=False)
+    table = pq.read_table(out / cache.RETRIEVAL_PARQUET)
+    with SegmentDB.open(out) as db:
+        keys = image_keys(db)
+        packed = db.norm_masks()
+        excl = np.where(db.col("split") == "train", keys, -1)
+        ref = brute_force_topk(packed, db.col("class_id"), db.col("box_area"), excl, packed, db.col("class_id"),
+                               db.col("box_area"), keys, np.arange(len(db)), db.col("candidate"), params)
+    assert len(ref) > 1000
+    for col, ref_col in (("query_id", "query_index"), ("rank", "rank"), ("candidate_id", "candidate_id"),
+                         ("score", "score"), ("shape_term", "shape_term"), ("scale_term", "scale_term")):
+        assert np.array_equal(table.column(col).to_numpy(), getattr(ref, ref_col)), col
