@@ -61,6 +61,18 @@ class Params:
             raise ConfigError(self.source, "no --cache/--out given and no dataset.name in params")
         return Path("datasets_cache") / str(name)
 
+    def run_dir(self, cli_value: str | None, option: str = "--run") -> Path:
+        """The training run folder: the option, else ``train.run_dir``, else ``runs/<dataset.name>``."""
+        if cli_value:
+            return Path(cli_value)
+        rd = self.get("train", "run_dir")
+        if rd:
+            return Path(rd)
+        name = self.get("dataset", "name")
+        if not name:
+            raise ConfigError(self.source, f"{option} is required (or train.run_dir / dataset.name in params)")
+        return Path("runs") / str(name)
+
 
 def split_list(value: str | list | None) -> list[str] | None:
     if value is None or value == "":

@@ -33,18 +33,6 @@ DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
 # --------------------------------------------------------------------------- shared helpers
-def _run_dir(p: Params, run: str | None) -> Path:
-    if run:
-        return Path(run)
-    rd = p.get("train", "run_dir")
-    if rd:
-        return Path(rd)
-    name = p.get("dataset", "name")
-    if not name:
-        raise click.UsageError("--run is required (or train.run_dir / dataset.name in params.yaml)")
-    return Path("runs") / str(name)
-
-
 def _cache_dir(p: Params, run_dir: Path, cache: str | None) -> Path | None:
     """--cache, else the run's recorded cache, else datasets_cache/<dataset.name> (None: let load() complain)."""
     from resail_train.synthesis import recorded_cache_dir
@@ -61,7 +49,7 @@ def _cache_dir(p: Params, run_dir: Path, cache: str | None) -> Path | None:
 def _load(p: Params, run: str | None, cache: str | None, device: str | None, section: str):
     from resail_train.synthesis import Synthesizer
 
-    run_dir = _run_dir(p, run)
+    run_dir = p.run_dir(run, "--run")
     return Synthesizer.load(run_dir, _cache_dir(p, run_dir, cache), p.get(section, "device", device, "auto"))
 
 
@@ -258,7 +246,7 @@ def evaluate_command(p: Params, run, cache, split, inception_weights, batch_size
     """FID, mIoU and pixel accuracy of a run; writes RUN_DIR/metrics.json, per_class_iou.csv, eval/<split>/."""
     from resail_train.evaluation import evaluate, format_table
 
-    run_dir = _run_dir(p, run)
+    run_dir = p.run_dir(run, "--run")
     m = evaluate(run_dir, _cache_dir(p, run_dir, cache), split=p.get("evaluate", "split", split, "val"),
                  inception_weights=p.get("evaluate", "inception_weights", inception_weights),
                  device=p.get("evaluate", "device", device, "auto"),
@@ -281,7 +269,7 @@ def report_command(p: Params, run, cache, n_images, device) -> None:
     """Write RUN_DIR/report/index.html: metrics vs the paper, curves, samples, editing strips."""
     from resail_train.report import write_report
 
-    run_dir = _run_dir(p, run)
+    run_dir = p.run_dir(run, "--run")
     path = write_report(run_dir, _cache_dir(p, run_dir, cache), n_images=int(p.get("report", "n_images", n_images, 4)),
                         device=p.get("report", "device", device, "auto"))
     click.echo(str(path))

@@ -10,25 +10,12 @@ train …``); each process reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
 from stages.params import Params
 
 CONFIG_HELP = "demo | cityscapes | ade20k | coco-stuff | path to a YAML config [params: train.config; demo]"
-
-
-def _run_dir(p: Params, out: str | None) -> Path:
-    if out:
-        return Path(out)
-    rd = p.get("train", "run_dir")
-    if rd:
-        return Path(rd)
-    name = p.get("dataset", "name")
-    if not name:
-        raise click.UsageError("--out is required (or train.run_dir / dataset.name in params.yaml)")
-    return Path("runs") / str(name)
 
 
 def _overrides(p: Params, cli: tuple[str, ...]) -> list[str]:
@@ -62,7 +49,7 @@ def train_segnet_command(p: Params, cache_dir, out, config, sets, max_steps, dev
     from resail_train.segnet_training import train_segnet
 
     cfg = _load(p, config, sets)
-    res = train_segnet(p.dataset_cache(cache_dir), _run_dir(p, out), cfg,
+    res = train_segnet(p.dataset_cache(cache_dir), p.run_dir(out, "--out"), cfg,
                        max_steps=p.get("train", "segnet_max_steps", max_steps),
                        device=p.get("train", "device", device, "auto"), progress=progress, data_root=data_root)
     val = "" if res.val_miou is None else f", val mIoU {res.val_miou:.3f} / acc {res.val_pixel_acc:.3f}"
@@ -100,7 +87,7 @@ def train_command(p: Params, cache_dir, out, config, sets, max_steps, resume, am
                         amp=bool(p.get("train", "amp", amp, False)), compile=bool(p.get("train", "compile", compile_, False)),
                         device=p.get("train", "device", device, "auto"),
                         vgg_weights=p.get("train", "vgg_weights", vgg_weights), progress=progress, data_root=data_root)
-    res = train(p.dataset_cache(cache_dir), _run_dir(p, out), cfg, opts)
+    res = train(p.dataset_cache(cache_dir), p.run_dir(out, "--out"), cfg, opts)
     click.echo(f"train: step {res.step}/{res.total_steps}, {res.seconds:.0f}s, "
                f"data wait {100 * res.data_wait_fraction:.1f}% → {res.run_dir}")
 
