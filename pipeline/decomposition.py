@@ -90,16 +90,20 @@ def collect_refs(adapter: DatasetAdapter, splits: list[str] | None) -> list[Samp
 
 def build_segment_db(adapter: DatasetAdapter, out_dir: str | Path, *, splits: list[str] | None = None,
                      params: DecomposeParams = DecomposeParams(), jobs: int = 1, backend: str = "loky",
-                     scheduler: str | None = None, on_error: str = "fail", progress: bool = True) -> DecomposeSummary:
+                     scheduler: str | None = None, on_error: str = "fail", progress: bool = True,
+                     refs: list[SampleRef] | None = None) -> DecomposeSummary:
     """Write ``segments.parquet``, ``images.parquet``, ``segments.h5`` and ``skipped.json``.
 
     ``on_error="fail"`` stops at the first bad sample with a :class:`DataError` naming it and
-    leaves no output; ``"skip"`` leaves it out and lists it in ``skipped.json``.
+    leaves no output; ``"skip"`` leaves it out and lists it in ``skipped.json``. ``refs``: an
+    explicit list of samples (a subset, for tests and benchmarks) instead of every sample of ``splits``.
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(on_error)
     out_dir = Path(out_dir)
-    refs = collect_refs(adapter, splits)
+    refs = collect_refs(adapter, splits) if refs is None else list(refs)
+    if not refs:
+        raise DataError(adapter.root, "no samples given")
     meta = adapter.classes()
     attrs = dict(dataset_format=adapter.format, data_root=str(adapter.root), classes=meta.to_json(),
                  min_area=params.min_area, preserved_ratio=params.preserved_ratio, db_split=params.db_split)

@@ -121,16 +121,9 @@ def test_engine_equals_brute_force_on_the_real_demo_masks(tmp_path):
     from tests.conftest import REPO
 
     adapter = open_dataset("folder", REPO / "data" / "camvid_demo")
-    import pipeline.decomposition as dec
-
     refs = [r for s in ("train", "val") for r in adapter.refs(s)[::3]]
     out = tmp_path / "demo"
-    original = dec.collect_refs
-    dec.collect_refs = lambda a, splits: refs
-    try:
-        build_segment_db(adapter, out, progress=False)
-    finally:
-        dec.collect_refs = original
+    build_segment_db(adapter, out, progress=False, refs=refs)
     from pipeline.retrieval_db import run_retrieval
 
     params = RetrievalParams(k=10, max_score=0.58)

@@ -292,3 +292,37 @@ def test_ddp_two_gloo_processes(toy_cache, tmp_path):
     st = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert st["step"] == 2 and st["world_size"] == 2
     assert "2 process(es)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_segnet_overfits_eight_demo_frames():
+    """The segmentation net + class-balanced CE memorise 8 real CamVid frames of the committed demo
+    data (64×128): pixel accuracy ≥ 0.85 after 400 full-batch steps (measured ≈ 0.94)."""
+    import cv2
+
+    from pipeline.datasets import open_dataset
+    from resail_train.losses import balanced_cross_entropy
+
+    torch.manual_seed(0)
+    adapter = open_dataset("folder", REPO / "data" / "camvid_demo")
+    lut = adapter.classes().lookup_table()
+    images, labels = [], []
+    for ref in adapter.refs("train")[:8]:
+        s = adapter.load(ref)
+        images.append(cv2.resize(s.image, (128, 64), interpolation=cv2.INTER_AREA))
+        labels.append(lut[cv2.resize(s.labels.astype(np.uint8), (128, 64), interpolation=cv2.INTER_NEAREST)])
+    x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    y = torch.tensor(np.stack(labels))
+    ignore = adapter.classes().num_classes
+    net = SegNet(ignore, base_width=16, spectral=False)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(400):
+        loss = balanced_cross_entropy(net(x), y, ignore_index=ignore)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    valid = y != ignore
+    assert (pred == y)[valid].float().mean().item() >= 0.85
