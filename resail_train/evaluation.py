@@ -24,13 +24,16 @@ For every image of ``split`` (default ``val``) of the run's stage cache:
 
 Outputs (each written atomically; the image folder is built beside and swapped in):
 ``RUN_DIR/metrics.json`` (flat ``miou``, ``pixel_acc``, ``fid``, ``fid_reason``, ``n_images``,
-``split`` + nested ``reference``, ``per_class_iou``, ``details``) for ``dvc metrics``,
+``split`` + nested ``reference``, ``per_class_iou``) for ``dvc metrics`` — kept to metrics so that
+``dvc metrics show`` / ``dvc exp show`` stay readable —, ``RUN_DIR/eval_details.json`` (the returned
+dict's ``details``: paths, sizes, guidance source, confusion matrices, timings),
 ``RUN_DIR/per_class_iou.csv`` (columns ``class,iou``; classes with an IoU only) for ``dvc plots``,
 and ``RUN_DIR/eval/<split>/*.png``.
 """
 from __future__ import annotations
 
 import csv
+import json
 import io
 import math
 import os
@@ -55,6 +58,7 @@ from resail_train.synthesis import Synthesizer, recorded_cache_dir
 from resail_train.trainer import SEGNET_FILE, load_segnet, segment
 
 METRICS_FILE = "metrics.json"
+DETAILS_FILE = "eval_details.json"
 PER_CLASS_FILE = "per_class_iou.csv"
 EVAL_DIR = "eval"
 NO_WEIGHTS_REASON = (f"no InceptionV3 weights given (--inception-weights PATH): FID needs pytorch-fid's "
@@ -256,8 +260,19 @@ def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_
         os.replace(tmp_dir, out_dir)
         shutil.rmtree(old, ignore_errors=True)
     write_per_class_csv(run_dir / PER_CLASS_FILE, per_class)
-    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    write_json_atomic(run_dir / DETAILS_FILE, metrics["details"])
+    write_json_atomic(run_dir / METRICS_FILE, {k: v for k, v in metrics.items() if k != "details"})
     return metrics
+
+
+def read_details(run_dir: str | Path) -> dict:
+    """The ``details`` of the last evaluation ({} when there is none or it is unreadable)."""
+    p = Path(run_dir) / DETAILS_FILE
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def frechet_distance_features(f1: np.ndarray, f2: np.ndarray) -> float:

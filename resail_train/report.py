@@ -42,7 +42,7 @@ import numpy as np
 from pipeline import cache
 from pipeline.datasets import open_dataset
 from pipeline.visualize import colorize_labels, hstack, text_tile, vstack, write_png
-from resail_train.evaluation import METRICS_FILE, eval_image_path
+from resail_train.evaluation import METRICS_FILE, eval_image_path, read_details
 from resail_train.synthesis import Synthesizer
 
 REPORT_DIR = "report"
@@ -284,7 +284,7 @@ def _build(syn: Synthesizer, run_dir: Path, out: Path, n_images: int, n_ranks: i
     notes = []
     if metrics:
         split = split or metrics.get("split")
-        det = metrics.get("details") or {}
+        det = metrics.get("details") or read_details(run_dir)
         notes.append(f"Split <b>{html.escape(str(metrics.get('split')))}</b>, {metrics.get('n_images')} images, "
                      f"generator size {html.escape(str(det.get('size')))}, guidance from "
                      f"{html.escape(str(det.get('guidance_source')))}.")

@@ -93,11 +93,11 @@ def recorded_cache_dir(run_dir: str | Path) -> Path | None:
     """The stage cache a run was trained on, where the run folder records it.
 
     Looked up in ``train_summary.json``, ``generator.pt``, ``config.yaml`` (keys ``cache_dir`` or
-    ``cache``) and ``metrics.json`` (``details.cache_dir``, written by ``resail evaluate``).
+    ``cache``) and ``eval_details.json`` (``cache_dir``, written by ``resail evaluate``).
     """
     run_dir = Path(run_dir)
     cands: list = []
-    for name in ("train_summary.json", "metrics.json"):
+    for name in ("train_summary.json", "eval_details.json"):
         p = run_dir / name
         if p.is_file():
             try:

@@ -36,17 +36,19 @@ def evaluated(tmp_path_factory):
 def test_metrics_files_and_keys(evaluated):
     run_dir, cache_dir, m = evaluated
     on_disk = json.loads((run_dir / "metrics.json").read_text())
-    assert on_disk == json.loads(json.dumps(m))
-    for k in ("miou", "pixel_acc", "fid", "fid_reason", "n_images", "split", "reference", "per_class_iou", "details"):
+    details = json.loads((run_dir / "eval_details.json").read_text())
+    assert {**on_disk, "details": details} == json.loads(json.dumps(m))
+    for k in ("miou", "pixel_acc", "fid", "fid_reason", "n_images", "split", "reference", "per_class_iou"):
         assert k in on_disk, k
+    assert "details" not in on_disk  # metrics only: dvc metrics/exp show stay readable
     assert on_disk["n_images"] == 2 and on_disk["split"] == "val"
     assert on_disk["fid"] is None and "InceptionV3" in on_disk["fid_reason"]
     assert 0 <= on_disk["miou"] <= 1 and 0 <= on_disk["pixel_acc"] <= 1
     assert set(on_disk["reference"]) >= {"miou", "pixel_acc"}
     assert list(m["per_class_iou"]) == ["sky", "road", "tree", "car", "person"]  # class-list order
     assert set(on_disk["per_class_iou"]) == set(m["per_class_iou"])
-    assert on_disk["details"]["guidance_source"] == "guidance.h5"
-    assert on_disk["details"]["cache_dir"] == str(cache_dir)
+    assert details["guidance_source"] == "guidance.h5"
+    assert details["cache_dir"] == str(cache_dir)
     rows = list(csv.DictReader((run_dir / "per_class_iou.csv").open()))
     assert rows and set(rows[0]) == {"class", "iou"}
     for r in rows:
