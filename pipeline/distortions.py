@@ -236,7 +236,10 @@ def contour_control_points(mask: np.ndarray, n: int = 10) -> np.ndarray:
 
 def _degeneracy(points: np.ndarray) -> str | None:
     """``"duplicate_points"`` / ``"collinear_points"`` / ``None`` for a set of control points."""
-    if np.unique(np.round(points, 6), axis=0).shape[0] < points.shape[0]:
+    r = np.round(points, 6)
+    same = (r[:, None, :] == r[None, :, :]).all(axis=-1)  # equal rows after rounding (n is ~10)
+    np.fill_diagonal(same, False)
+    if same.any():
         return "duplicate_points"
     centred = points - points.mean(axis=0)
     sv = np.linalg.svd(centred, compute_uv=False)
