@@ -12,18 +12,15 @@ from pathlib import Path
 
 from pipeline.cache import SegmentDB
 from benchmarks.common import decode_seconds
-from pipeline.datasets import open_dataset
-from pipeline.distorted_gt import DistortParams, build_distortions, dataset_source, sample_refs
+from pipeline.distorted_gt import DistortParams, build_distortions
 
 
 def run_distort_bench(cache_dir: str | Path, jobs_list=(1, 2), variants: int = 4, repeat: int = 1, seed: int = 0,
                       color_targets: str = "auto") -> dict:
     cache_dir = Path(cache_dir)
     with SegmentDB.open(cache_dir) as db:
-        fmt, root = dataset_source(db, None, None)
-        rows = db.image_rows(str(db.attrs.get("db_split", "train")))
-    adapter = open_dataset(fmt, root)
-    refs = sample_refs(adapter, rows)
+        adapter = db.open_adapter()
+        refs = db.sample_refs(adapter, db.image_rows(str(db.attrs.get("db_split", "train"))))
     decode = decode_seconds(adapter, refs, repeat)
     params = DistortParams(variants=variants, seed=seed, color_targets=color_targets)
     results = {"images": len(refs), "variants": variants, "decode_s": decode, "runs": {}, "stats_s": {}}
@@ -38,7 +35,7 @@ def run_distort_bench(cache_dir: str | Path, jobs_list=(1, 2), variants: int = 4
         results["runs"][jobs] = total / repeat
         results["stats_s"][jobs] = stats / repeat
     n = len(refs)
-    print(f"distort benchmark: {n} images of {cache_dir} ({fmt} at {root}), K = {variants} variants, "
+    print(f"distort benchmark: {n} images of {cache_dir} ({adapter.format} at {adapter.root}), K = {variants} variants, "
           f"colour targets {summary.color_targets}")
     print("| run | seconds | images/s | ms/image | × decode time | of which colour stats (s) |")
     print("|---|---|---|---|---|---|")

@@ -25,15 +25,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.datasets import open_dataset
 from resail_train.synthesis import Synthesizer
 
 
 def _maps(syn: Synthesizer, n: int, split: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
     db = syn.online.db
-    attrs = db.attrs
     rows = db.image_rows(split) or db.image_rows()
-    adapter = open_dataset(attrs.get("dataset_format"), attrs.get("data_root"))
+    adapter = db.open_adapter()
     refs = {(r.split, r.image_id): r for s in adapter.splits() for r in adapter.refs(s)}
     out = []
     for r in rows[:n]:

@@ -40,8 +40,9 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from pipeline.datasets.base import ClassMeta
-from pipeline.errors import CacheError
+from pipeline.datasets import open_dataset
+from pipeline.datasets.base import ClassMeta, DatasetAdapter, SampleRef
+from pipeline.errors import CacheError, DataError
 
 SCHEMA_VERSION = 1
 SEGMENTS_PARQUET = "segments.parquet"
@@ -295,6 +296,33 @@ class SegmentDB:
             return decode_crop(self._png_ds[a:b])
         except ValueError as e:
             raise CacheError(self.cache_dir / SEGMENTS_H5, f"crop of segment {seg}: {e}") from None
+
+    # -- the dataset it was decomposed from
+    def open_adapter(self, fmt: str | None = None, data_root: str | Path | None = None) -> DatasetAdapter:
+        """The adapter of the dataset ``resail decompose`` read; ``fmt``/``data_root`` override the
+        recorded ones (a moved dataset)."""
+        attrs = self.attrs
+        fmt, data_root = fmt or attrs.get("dataset_format"), data_root or attrs.get("data_root")
+        if not fmt or not data_root:
+            raise DataError(self.cache_dir / SEGMENTS_H5, "no dataset format/root recorded; pass --format and --data-root")
+        if not Path(data_root).is_dir():
+            raise DataError(data_root, "dataset root does not exist or is not a folder (moved? pass --data-root)")
+        return open_dataset(fmt, data_root)
+
+    def sample_refs(self, adapter: DatasetAdapter, rows: list[dict] | None = None) -> list[SampleRef]:
+        """The adapter's sample of each ``images.parquet`` row (all rows by default), in row order.
+        A row the dataset no longer has is a DataError (stale cache or wrong data root)."""
+        by_split: dict[str, dict[str, SampleRef]] = {}
+        out = []
+        for r in self.image_rows() if rows is None else rows:
+            if r["split"] not in by_split:
+                by_split[r["split"]] = {ref.image_id: ref for ref in adapter.refs(r["split"])}
+            ref = by_split[r["split"]].get(r["image_id"])
+            if ref is None:
+                raise DataError(adapter.root, f"image {r['split']}/{r['image_id']} of the segment database is not in "
+                                              "the dataset (stale cache or wrong --data-root: re-run `resail decompose`)")
+            out.append(ref)
+        return out
 
     def image_rows(self, split: str | None = None) -> list[dict]:
         rows = self.images.to_pylist()

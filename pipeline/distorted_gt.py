@@ -69,7 +69,7 @@ from pipeline.cache import SegmentDB
 from pipeline.datasets import open_dataset
 from pipeline.datasets.base import DatasetAdapter, SampleRef
 from pipeline.distortions import KINDS, distort_image, lab_stats
-from pipeline.errors import CacheError, ConfigError, DataError, ResailError
+from pipeline.errors import CacheError, ConfigError, ResailError
 from pipeline.parallel import ordered_map
 from pipeline.visualize import hstack, write_png
 
@@ -84,8 +84,6 @@ __all__ = [
     "build_color_targets",
     "build_distortions",
     "read_distortions",
-    "dataset_source",
-    "sample_refs",
     "preview",
 ]
 
@@ -465,30 +463,6 @@ def _select_images(db: SegmentDB, splits: list[str]) -> list[dict]:
     return [r for r in rows if r["split"] in splits]
 
 
-def dataset_source(db: SegmentDB, fmt: str | None, data_root: str | Path | None) -> tuple[str, str]:
-    attrs = db.attrs
-    fmt = fmt or attrs.get("dataset_format")
-    root = data_root or attrs.get("data_root")
-    if not fmt or not root:
-        raise CacheError(db.cache_dir / cache.SEGMENTS_H5,
-                         "no dataset_format/data_root attributes: pass --format and --data-root")
-    return str(fmt), str(root)
-
-
-def sample_refs(adapter: DatasetAdapter, rows: list[dict]) -> list[SampleRef]:
-    by_split: dict[str, dict[str, SampleRef]] = {}
-    out = []
-    for r in rows:
-        if r["split"] not in by_split:
-            by_split[r["split"]] = {ref.image_id: ref for ref in adapter.refs(r["split"])}
-        ref = by_split[r["split"]].get(r["image_id"])
-        if ref is None:
-            raise DataError(adapter.root, f"image {r['split']}/{r['image_id']} of the segment database is not in "
-                                          "the dataset (stale cache or wrong --data-root)")
-        out.append(ref)
-    return out
-
-
 def build_distortions(cache_dir: str | Path, params: DistortParams = DistortParams(), *,
                       splits: Sequence[str] | None = None, fmt: str | None = None,
                       data_root: str | Path | None = None, out_dir: str | Path | None = None, jobs: int = 1,
@@ -508,8 +482,8 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
         db_split = str(db.attrs.get("db_split", "train"))
         wanted = [db_split] + [s for s in dict.fromkeys(splits or []) if s != db_split]
         rows = _select_images(db, wanted)
-        fmt, root = dataset_source(db, fmt, data_root)
-        refs = sample_refs(open_dataset(fmt, root), rows)
+        adapter = db.open_adapter(fmt, data_root)
+        refs = db.sample_refs(adapter, rows)
         boxes = np.stack([db.col(c).astype(np.int64) for c in ("y0", "x0", "y1", "x1")], axis=1)
         class_ids, is_thing = db.col("class_id").astype(np.int64), db.col("is_thing").astype(bool)
         tasks = []
@@ -521,7 +495,7 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
         targets = (build_color_targets(db, params.color_targets, db_split=db_split, jobs=jobs, backend=backend,
                                        scheduler=scheduler, progress=progress) if params.color_may_fire else None)
         stats_s = time.perf_counter() - t0
-        ctx = _Context(str(cache_dir), fmt, root, params, targets)
+        ctx = _Context(str(cache_dir), adapter.format, str(adapter.root), params, targets)
         applied = {k: 0 for k in KINDS}
         n_segments = 0
         batches: list[pa.RecordBatch] = []
@@ -603,10 +577,9 @@ def preview(cache_dir: str | Path, n: int, out_dir: str | Path | None = None, *,
         return []
     written: list[Path] = []
     with SegmentDB.open(cache_dir) as db, _open_distortions(cache_dir / cache.DISTORTIONS_H5) as f:
-        fmt, root = dataset_source(db, fmt, data_root)
+        adapter = db.open_adapter(fmt, data_root)
         rows = [r for r in db.image_rows() if cache.image_key(r["split"], r["image_id"]) in f][:n]
-        adapter = open_dataset(fmt, root)
-        for r, ref in zip(rows, sample_refs(adapter, rows)):
+        for r, ref in zip(rows, db.sample_refs(adapter, rows)):
             real = adapter.load(ref).image
             variants = f[cache.image_key(r["split"], r["image_id"])][...]
             strip = hstack([_fit_height(im, max_height) for im in (real, *variants)], gap=gap)

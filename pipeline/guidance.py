@@ -36,7 +36,6 @@ import numpy as np
 from pipeline import cache
 from pipeline.cache import SegmentDB
 from pipeline.composition import QuerySegment, compose_guidance
-from pipeline.datasets import open_dataset
 from pipeline.datasets.base import DatasetAdapter, SampleRef
 from pipeline.errors import CacheError, ConfigError, DataError, ResailError
 from pipeline.parallel import ordered_map
@@ -52,17 +51,6 @@ def recorded_source(cache_dir: str | Path) -> tuple[str | None, str | None]:
         attrs = db.attrs
     return attrs.get("dataset_format") or None, attrs.get("data_root") or None
 
-
-def open_adapter(fmt: str | None, data_root: str | Path | None, db: SegmentDB) -> DatasetAdapter:
-    """The dataset adapter; ``None`` values fall back to what the segment DB recorded."""
-    attrs = db.attrs
-    fmt, data_root = fmt or attrs.get("dataset_format"), data_root or attrs.get("data_root")
-    if not fmt or not data_root:
-        raise DataError(db.cache_dir / cache.SEGMENTS_H5,
-                        "no dataset format/root recorded; pass --format and --data-root")
-    if not Path(data_root).is_dir():
-        raise DataError(data_root, "dataset root does not exist or is not a folder (pass --data-root)")
-    return open_dataset(fmt, data_root)
 
 
 # --------------------------------------------------------------------------- matches
@@ -240,18 +228,6 @@ class ComposeSummary:
     valid_fraction: float  # pasted pixels / all pixels
 
 
-def _refs_by_image(adapter: DatasetAdapter, db: SegmentDB) -> dict[tuple[str, str], SampleRef]:
-    splits = sorted(set(db.images.column("split").to_pylist()))
-    available = adapter.splits()
-    out = {}
-    for s in splits:
-        if s not in available:
-            raise DataError(adapter.root, f"split '{s}' of the segment database is not in the dataset "
-                                          f"(available: {', '.join(available) or 'none'})")
-        out.update({(s, r.image_id): r for r in adapter.refs(s)})
-    return out
-
-
 def compose_dataset(cache_dir: str | Path, *, data_root: str | Path | None = None, fmt: str | None = None,
                     rank: int = 0, overrides: Mapping[int, int] | None = None, jobs: int = 1,
                     backend: str = "loky", scheduler: str | None = None, progress: bool = True) -> ComposeSummary:
@@ -266,17 +242,13 @@ def compose_dataset(cache_dir: str | Path, *, data_root: str | Path | None = Non
         table, rparams = cache.read_retrieval(cache_dir, n_seg)
         check_retrieval(table, db)
         match = select_matches(table, n_seg, rank, overrides)
-        adapter = open_adapter(fmt, data_root, db)
+        adapter = db.open_adapter(fmt, data_root)
         if adapter.classes() != db.meta:
             raise DataError(adapter.root, f"class list of the dataset ({adapter.classes().dataset}) differs from the one "
                                           f"the segment database was built with ({db.meta.dataset})")
-        refs = _refs_by_image(adapter, db)
+        rows = db.image_rows()
         tasks = []
-        for row in db.image_rows():
-            ref = refs.get((row["split"], row["image_id"]))
-            if ref is None:
-                raise DataError(adapter.root, f"image {row['split']}/{row['image_id']} of the segment database is "
-                                              "not in the dataset (re-run `resail decompose`)")
+        for row, ref in zip(rows, db.sample_refs(adapter, rows)):
             a, n = int(row["first_segment"]), int(row["n_segments"])
             tasks.append(ImageTask(row["split"], row["image_id"], ref, int(row["height"]), int(row["width"]),
                                    a, match[a:a + n].copy()))
@@ -340,19 +312,16 @@ def preview(cache_dir: str | Path, n: int, out_dir: str | Path | None = None, *,
         meta = db.meta
         if n <= 0 or not rows:
             return []
-        adapter = open_adapter(fmt, data_root, db)
-        refs = _refs_by_image(adapter, db)
-    picks = sorted(set(np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int).tolist()))
+        adapter = db.open_adapter(fmt, data_root)
+        picks = sorted(set(np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int).tolist()))
+        refs = dict(zip(picks, db.sample_refs(adapter, [rows[i] for i in picks])))
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("guidance_*.png"):
         old.unlink()
     written = []
     for i in picks:
         row = rows[i]
-        ref = refs.get((row["split"], row["image_id"]))
-        if ref is None:
-            raise DataError(adapter.root, f"image {row['split']}/{row['image_id']} is not in the dataset")
-        sample = adapter.load(ref)
+        sample = adapter.load(refs[i])
         guidance, _ = read_guidance(cache_dir, row["split"], row["image_id"])
         if guidance.shape[:2] != sample.labels.shape:
             raise CacheError(cache_dir / cache.GUIDANCE_H5, f"guidance of {row['split']}/{row['image_id']} is "

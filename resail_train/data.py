@@ -50,7 +50,6 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline import cache
 from pipeline.cache import SegmentDB
-from pipeline.datasets import open_dataset
 from pipeline.datasets.base import ClassMeta
 from pipeline.errors import CacheError, ConfigError, DataError
 from pipeline.segments import nearest_indices
@@ -196,33 +195,21 @@ class CacheDataset(Dataset):
 
         with SegmentDB.open(self.cache_dir) as db:
             self.meta: ClassMeta = db.meta
-            attrs = db.attrs
             rows = db.image_rows(split)
             self.has_instances = any(bool(r["has_instances"]) for r in db.image_rows())
             if guidance == "topk":
                 self._seg_cols = {c: db.col(c) for c in ("y0", "x0", "y1", "x1", "is_thing", "area")}
                 self._crop_offsets = db.h5["crop_offsets"][...]
-        if not rows:
-            raise CacheError(self.cache_dir / cache.IMAGES_PARQUET, f"no images of split '{split}' in the segment database")
+            if not rows:
+                raise CacheError(self.cache_dir / cache.IMAGES_PARQUET,
+                                 f"no images of split '{split}' in the segment database")
+            self.adapter = db.open_adapter(fmt, data_root)
+            if self.adapter.classes() != self.meta:
+                raise DataError(self.adapter.root, "class list of the dataset differs from the one the segment "
+                                                   "database was built with (re-run `resail decompose`)")
+            self.refs = db.sample_refs(self.adapter, rows)
         self.rows = rows
         self.instance_edges = bool(instance_edges) and self.has_instances
-        self.fmt = fmt or attrs.get("dataset_format")
-        self.data_root = str(data_root or attrs.get("data_root") or "")
-        if not self.fmt or not self.data_root:
-            raise DataError(self.cache_dir / cache.SEGMENTS_H5, "no dataset format/root recorded; pass them explicitly")
-        if not Path(self.data_root).is_dir():
-            raise DataError(self.data_root, "dataset root recorded by `resail decompose` does not exist "
-                                            "(moved? pass --data-root)")
-        self.adapter = open_dataset(self.fmt, self.data_root)
-        if self.adapter.classes() != self.meta:
-            raise DataError(self.adapter.root, "class list of the dataset differs from the one the segment "
-                                               "database was built with (re-run `resail decompose`)")
-        refs = {r.image_id: r for r in self.adapter.refs(split)}
-        missing = [r["image_id"] for r in rows if r["image_id"] not in refs]
-        if missing:
-            raise DataError(self.adapter.root, f"image {split}/{missing[0]} of the segment database is not in the "
-                                               "dataset (re-run `resail decompose`)")
-        self.refs = [refs[r["image_id"]] for r in rows]
         self.lut = self.meta.lookup_table()
         self.num_classes = self.meta.num_classes
 

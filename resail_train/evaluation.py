@@ -47,8 +47,7 @@ import torch
 
 from pipeline import cache
 from pipeline.cache import SegmentDB, atomic_outputs, write_json_atomic
-from pipeline.datasets import open_dataset
-from pipeline.errors import CacheError, DataError
+from pipeline.errors import CacheError
 from pipeline.visualize import write_png
 from resail_train.data import Geometry, apply_geometry, rgb_to_tensor
 from resail_train.metrics.fid import FID_WEIGHTS_FILENAME, FID_WEIGHTS_URL, fid_from_features, inception_features, \
@@ -129,17 +128,8 @@ def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_
                                                               f"database (splits: {', '.join(splits)})")
     if limit is not None:
         rows = rows[:int(limit)]
-    attrs = db.attrs
-    fmt, root = attrs.get("dataset_format"), str(data_root or attrs.get("data_root") or "")
-    if not fmt or not root:
-        raise DataError(syn.cache_dir / cache.SEGMENTS_H5, "no dataset format/root recorded; pass --data-root")
-    if not Path(root).is_dir():
-        raise DataError(root, "dataset root recorded by `resail decompose` does not exist (moved? pass --data-root)")
-    adapter = open_dataset(fmt, root)
-    refs = {r.image_id: r for r in adapter.refs(split)}
-    missing = [r["image_id"] for r in rows if r["image_id"] not in refs]
-    if missing:
-        raise DataError(adapter.root, f"image {split}/{missing[0]} of the segment database is not in the dataset")
+    adapter = db.open_adapter(None, data_root)
+    refs = {r.image_id: r for r in db.sample_refs(adapter, rows)}
 
     h, w = syn.size
     geo = Geometry((h, w), (0, 0, h, w), False)

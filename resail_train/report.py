@@ -40,7 +40,6 @@ import h5py
 import numpy as np
 
 from pipeline import cache
-from pipeline.datasets import open_dataset
 from pipeline.visualize import colorize_labels, hstack, text_tile, vstack, write_png
 from resail_train.evaluation import METRICS_FILE, eval_image_path, read_details
 from resail_train.synthesis import Synthesizer
@@ -326,7 +325,7 @@ def _build(syn: Synthesizer, run_dir: Path, out: Path, n_images: int, n_ranks: i
     if not split or split not in splits:
         split = "val" if "val" in splits else next((s for s in splits if s != attrs.get("db_split")), splits[0])
     rows_db = db.image_rows(split)[:max(1, n_images)]
-    adapter = open_dataset(attrs.get("dataset_format"), attrs.get("data_root"))
+    adapter = db.open_adapter()
     refs = {r.image_id: r for r in adapter.refs(split)}
     gpath = syn.cache_dir / cache.GUIDANCE_H5
     gfile = h5py.File(gpath, "r") if gpath.is_file() else None
