@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -336,6 +337,51 @@ class SegmentDB:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- per-process handles
+_PROCESS_DBS: dict[str, tuple[tuple, SegmentDB]] = {}
+_PROCESS_LOCK = threading.Lock()
+
+
+def _db_files_signature(cache_dir: Path) -> tuple:
+    """(inode, size, mtime) of the segment DB files; () when one is missing."""
+    sig = []
+    for name in (SEGMENTS_H5, SEGMENTS_PARQUET, IMAGES_PARQUET):
+        try:
+            st = os.stat(cache_dir / name)
+        except OSError:
+            return ()
+        sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
+def process_db(cache_dir: str | Path) -> SegmentDB:
+    """This process's open :class:`SegmentDB` of ``cache_dir``: opened once, re-opened when the files
+    were replaced. Parallel workers use it so that only paths cross process borders."""
+    cache_dir = Path(cache_dir)
+    key = str(cache_dir.resolve())
+    sig = _db_files_signature(cache_dir)
+    with _PROCESS_LOCK:
+        held = _PROCESS_DBS.get(key)
+        if held is not None and sig and held[0] == sig:
+            return held[1]
+        if held is not None:
+            held[1].close()
+            del _PROCESS_DBS[key]
+        db = SegmentDB.open(cache_dir)  # a missing file raises CacheError naming it
+        _PROCESS_DBS[key] = (sig, db)
+        return db
+
+
+def release_process_dbs(cache_dir: str | Path | None = None) -> None:
+    """Close this process's held database(s) (``None``: all of them), e.g. in the main process after a run."""
+    with _PROCESS_LOCK:
+        keys = list(_PROCESS_DBS) if cache_dir is None else [str(Path(cache_dir).resolve())]
+        for key in keys:
+            held = _PROCESS_DBS.pop(key, None)
+            if held is not None:
+                held[1].close()
 
 
 def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:

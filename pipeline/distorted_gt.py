@@ -50,7 +50,6 @@ Files
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import zlib
@@ -186,41 +185,9 @@ def variant_rng(seed: int, split: str, image_id: str, variant: int) -> np.random
 # --------------------------------------------------------------------------------------------------
 # Per-process handles (workers open the caches themselves: only paths cross process borders)
 # --------------------------------------------------------------------------------------------------
-_DBS: dict[str, tuple[tuple, SegmentDB]] = {}
-
-
-def _db_signature(cache_dir: Path) -> tuple:
-    sig = []
-    for name in (cache.SEGMENTS_H5, cache.SEGMENTS_PARQUET, cache.IMAGES_PARQUET):
-        try:
-            st = os.stat(cache_dir / name)
-        except OSError:
-            return ()
-        sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(sig)
-
-
-def _worker_db(cache_dir: str | Path) -> SegmentDB:
-    """The segment database of ``cache_dir``, opened once per process (re-opened if rewritten)."""
-    cache_dir = Path(cache_dir)
-    key = str(cache_dir.resolve())
-    sig = _db_signature(cache_dir)
-    held = _DBS.get(key)
-    if held is not None and held[0] == sig and sig:
-        return held[1]
-    if held is not None:
-        held[1].close()
-        del _DBS[key]
-    db = SegmentDB.open(cache_dir)
-    _DBS[key] = (sig, db)
-    return db
-
-
-def _release_dbs() -> None:
-    """Close the databases and forget the adapters this process holds (workers' go when they exit)."""
-    for _sig, db in _DBS.values():
-        db.close()
-    _DBS.clear()
+def _release_dbs(cache_dir: str | Path) -> None:
+    """Close this process's database of ``cache_dir`` and forget its adapters (workers' go when they exit)."""
+    cache.release_process_dbs(cache_dir)
     _worker_adapter.cache_clear()
 
 
@@ -278,7 +245,7 @@ class ColorTargets:
 def _stats_chunk(run: tuple[int, int], *, cache_dir: str) -> np.ndarray:
     """lαβ (mean, std) ``[n, 6]`` of the masked crop pixels of segments ``run[0]..run[1]-1``."""
     first, stop = run
-    db = _worker_db(cache_dir)
+    db = cache.process_db(cache_dir)
     out = np.full((stop - first, 6), np.nan)
     for i, sid in enumerate(range(first, stop)):
         rgb, mask = db.crop(sid)
@@ -425,7 +392,7 @@ def distort_task(task: _ImageTask, *, ctx: _Context) -> _ImageResult | _Failure:
                              f"image {ref.split}/{ref.image_id} is {sample.image.shape[1]}x{sample.image.shape[0]} "
                              f"on disk but {task.width}x{task.height} in the segment database "
                              "(stale cache: re-run `resail decompose`)")
-        db = _worker_db(ctx.cache_dir)
+        db = cache.process_db(ctx.cache_dir)
         segments = []
         for i in range(len(task.class_ids)):
             y0, x0, y1, x1 = (int(v) for v in task.boxes[i])
@@ -478,7 +445,7 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
     cache_dir = Path(cache_dir)
     out_dir = Path(out_dir) if out_dir is not None else cache_dir
     try:
-        db = _worker_db(cache_dir)
+        db = cache.process_db(cache_dir)
         db_split = str(db.attrs.get("db_split", "train"))
         wanted = [db_split] + [s for s in dict.fromkeys(splits or []) if s != db_split]
         rows = _select_images(db, wanted)
@@ -531,7 +498,7 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
             table = pa.Table.from_batches(batches, schema=cache.DISTORTION_SCHEMA).combine_chunks()
             cache.write_parquet(table, pq_tmp)
     finally:
-        _release_dbs()
+        _release_dbs(cache_dir)
     return DistortSummary(len(tasks), n_segments, params.variants, wanted, targets_mode, applied, stats_s,
                           time.perf_counter() - t_start, out_dir)
 

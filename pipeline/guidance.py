@@ -24,7 +24,6 @@ is loaded through the dataset adapter (for the thing/stuff maps of rules 3–4) 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,18 +127,14 @@ class Failure:
         return (DataError if self.kind == "data" else CacheError)(self.path, self.problem)
 
 
-_DB_LOCK = threading.Lock()
-_DB_CACHE: dict[str, tuple[tuple, "_CropReader"]] = {}
-
-
 class _CropReader:
-    """A worker's view of the segment database: the open SegmentDB (crops through its public
-    :meth:`SegmentDB.crop`) and the box/thing/area columns as numpy arrays."""
+    """A worker's view of the segment database: the process's open SegmentDB (crops through its
+    public :meth:`SegmentDB.crop`) and the box/thing/area columns as numpy arrays."""
 
-    def __init__(self, cache_dir: Path) -> None:
-        self.db = SegmentDB.open(cache_dir)
-        self.meta = self.db.meta
-        self.cols = {n: self.db.col(n) for n in ("y0", "x0", "y1", "x1", "is_thing", "area")}
+    def __init__(self, db: SegmentDB) -> None:
+        self.db = db
+        self.meta = db.meta
+        self.cols = {n: db.col(n) for n in ("y0", "x0", "y1", "x1", "is_thing", "area")}
 
     def box(self, s: int) -> tuple[int, int, int, int]:
         c = self.cols
@@ -158,44 +153,27 @@ class _CropReader:
         return [QuerySegment(self.box(s), self.crop(s)[1], bool(self.cols["is_thing"][s]), int(self.cols["area"][s]))
                 for s in range(first, first + n)]
 
-    def close(self) -> None:
-        self.db.close()
 
-
-def _db_key(cache_dir: Path) -> tuple:
-    out = []
-    for name in (cache.SEGMENTS_PARQUET, cache.SEGMENTS_H5):
-        st = os.stat(cache_dir / name)
-        out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(out)
+_READER_LOCK = threading.Lock()
+_READERS: dict[str, _CropReader] = {}
 
 
 def _worker_reader(cache_dir: str | Path) -> _CropReader:
-    """This process's crop reader of ``cache_dir`` (re-opened when the files were replaced)."""
-    cache_dir = Path(cache_dir)
-    name = str(cache_dir.resolve())
-    try:
-        key = _db_key(cache_dir)
-    except FileNotFoundError as e:
-        raise CacheError(e.filename, "missing (run `resail decompose` first)") from None
-    with _DB_LOCK:
-        hit = _DB_CACHE.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        if hit is not None:
-            hit[1].close()
-            del _DB_CACHE[name]
-        reader = _CropReader(cache_dir)
-        _DB_CACHE[name] = (key, reader)
+    """This process's crop reader of ``cache_dir`` (rebuilt when the database was re-opened)."""
+    db = cache.process_db(cache_dir)
+    key = str(Path(cache_dir).resolve())
+    with _READER_LOCK:
+        reader = _READERS.get(key)
+        if reader is None or reader.db is not db:
+            reader = _READERS[key] = _CropReader(db)
         return reader
 
 
 def release_worker_db(cache_dir: str | Path) -> None:
-    """Close this process's cached reader of ``cache_dir`` (the main process, after a run)."""
-    with _DB_LOCK:
-        hit = _DB_CACHE.pop(str(Path(cache_dir).resolve()), None)
-    if hit is not None:
-        hit[1].close()
+    """Close this process's database of ``cache_dir`` (the main process, after a run)."""
+    with _READER_LOCK:
+        _READERS.pop(str(Path(cache_dir).resolve()), None)
+    cache.release_process_dbs(cache_dir)
 
 
 def compose_image(task: ImageTask, adapter: DatasetAdapter, cache_dir: str) -> ImageResult | Failure:
