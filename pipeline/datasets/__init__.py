@@ -21,7 +21,7 @@ def _registry() -> dict[str, type[DatasetAdapter]]:
             "ade20k": ADE20KAdapter, "coco-stuff": CocoStuffAdapter}
 
 
-FORMATS = ("folder", "camvid", "cityscapes", "ade20k", "coco-stuff")
+FORMATS = tuple(_registry())  # the --format choices: exactly the registered layouts
 
 
 def open_dataset(fmt: str, root: str | Path) -> DatasetAdapter:
