@@ -7,7 +7,7 @@ cache atomically (:mod:`pipeline.cache`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +138,3 @@ def build_segment_db(adapter: DatasetAdapter, out_dir: str | Path, *, splits: li
     cache.write_json_atomic(out_dir / cache.SKIPPED_JSON, skipped)
     return DecomposeSummary(n_images, writer.n_segments, int(flags.sum()), skipped)
 
-
-def params_dict(p: DecomposeParams) -> dict:
-    return asdict(p)

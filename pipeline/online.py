@@ -11,7 +11,6 @@ Array conventions: labels H×W int (dataset class ids, ``ignore_id`` = void); in
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -119,10 +118,6 @@ class OnlineGuidance:
         t2 = time.perf_counter()
         return OnlineResult(guidance, valid, segs, top, matches,
                             {"retrieve": t1 - t0, "compose": t2 - t1, "total": t2 - t0})
-
-    def describe(self) -> str:
-        return json.dumps({"cache": str(self.cache_dir), "segments": len(self.db), "candidates": len(self.index),
-                           "params": self.params.__dict__}, default=str)
 
     def close(self) -> None:
         self.db.close()
