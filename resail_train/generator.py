@@ -15,15 +15,20 @@ then before up_0, …). Output: ``LeakyReLU(0.2) → conv3×3 → tanh``.
 
 ResBlk (SPADE/released code): ``norm_0 → LReLU(0.2) → conv3×3 (fin→fmid)``, ``norm_1 → LReLU →
 conv3×3 (fmid→fout)``, ``fmid = min(fin, fout)``; learned shortcut ``norm_s → conv1×1 (no bias)``
-when ``fin ≠ fout``. Every norm is a :class:`~resail_train.normalization.RESAILNorm` (or
-:class:`~resail_train.normalization.SPADENorm` for ``norm="spade"``), fed the full-resolution label
-map and guidance image (each norm resizes them to its feature size).
+when ``fin ≠ fout``. The normalisation layers are the ``norm`` variant of paper Table 3, looked up
+by name in :mod:`resail_train.norms` (``resail`` = :class:`~resail_train.normalization.RESAILNorm`,
+``spade``, ``spade_plus``, ``pix2pixhd_plus``, ``sean_plus``): the backbone is the same for all.
+Each norm is fed the full-resolution label map and a conditioning ``cond`` (and resizes them to its
+feature size): the guidance image itself, or — for a variant with a guidance encoder (``sean_plus``'s
+style encoder) — that encoder's output, computed once per forward as ``guidance_encoder(guidance,
+seg)``. Blocks a variant lists in ``plain_blocks`` use plain SPADE (SEAN's last ResBlk).
 
 Spectral norm (``torch.nn.utils.parametrizations.spectral_norm``) wraps the ResBlk convolutions
 (conv_0, conv_1, conv_s) as in the released code's ``spectralspadesyncbatch3x3``; the input conv,
-output conv and the normalisation layers' convs are left plain (released code). Initialisation:
-Xavier normal with gain 0.02 on every conv weight, zero biases, applied *before* spectral norm is
-attached; the RESAIL mix scalars stay 0.
+output conv, the normalisation layers' convs and the guidance encoder are left plain (released
+code). Initialisation: Xavier normal with gain 0.02 on every conv / linear weight (modules with an
+``init_xavier_(gain)`` method initialise themselves), zero biases, applied *before* spectral norm is
+attached; the mix scalars stay 0.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from resail_train.normalization import make_norm
+from resail_train.norms import get_norm_variant
 
 MAX_UPSAMPLING = 7
 
@@ -44,6 +49,8 @@ def xavier_init_(module: nn.Module, gain: float = 0.02) -> nn.Module:
             nn.init.xavier_normal_(m.weight, gain=gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif hasattr(m, "init_xavier_"):
+            m.init_xavier_(gain)
     return module
 
 
@@ -60,11 +67,12 @@ class RESAILResBlock(nn.Module):
         fmid = min(fin, fout)
         self.conv_0 = nn.Conv2d(fin, fmid, 3, padding=1)
         self.conv_1 = nn.Conv2d(fmid, fout, 3, padding=1)
-        self.norm_0 = make_norm(norm, fin, label_nc, norm_hidden)
-        self.norm_1 = make_norm(norm, fmid, label_nc, norm_hidden)
+        make_norm = get_norm_variant(norm).make_norm
+        self.norm_0 = make_norm(fin, label_nc, norm_hidden)
+        self.norm_1 = make_norm(fmid, label_nc, norm_hidden)
         if self.learned_shortcut:
             self.conv_s = nn.Conv2d(fin, fout, 1, bias=False)
-            self.norm_s = make_norm(norm, fin, label_nc, norm_hidden)
+            self.norm_s = make_norm(fin, label_nc, norm_hidden)
 
     def apply_spectral_norm(self) -> None:
         self.conv_0 = spectral_norm(self.conv_0)
@@ -72,13 +80,14 @@ class RESAILResBlock(nn.Module):
         if self.learned_shortcut:
             self.conv_s = spectral_norm(self.conv_s)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """``cond``: the guidance image, or the variant's guidance-encoder output."""
         if self.learned_shortcut:
-            x_s = self.conv_s(self.norm_s(x, seg, guidance))
+            x_s = self.conv_s(self.norm_s(x, seg, cond))
         else:
             x_s = x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg, guidance), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg, guidance), 0.2))
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg, cond), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg, cond), 0.2))
         return x_s + dx
 
 
@@ -103,7 +112,8 @@ class RESAILGenerator(nn.Module):
 
     ``forward(seg [B, label_nc, H, W] float one-hot, guidance [B, 3, H, W] in [-1, 1] | None)``
     ``-> [B, 3, H, W]`` in [-1, 1]. ``(H, W) = crop_size`` (must be divisible by ``2**num_upsampling``);
-    ``guidance`` may be ``None`` only with ``norm="spade"``. ``label_nc`` is the number of one-hot
+    ``guidance`` may be ``None`` only for a variant that ignores it (``norm="spade"``). ``norm``: a
+    name of :func:`resail_train.norms.norm_names`. ``label_nc`` is the number of one-hot
     channels the caller builds from its dataset's class list.
     """
 
@@ -128,6 +138,8 @@ class RESAILGenerator(nn.Module):
         self.crop_size = (h, w)
         self.num_upsampling = num_upsampling
         self.norm_kind = norm
+        variant = get_norm_variant(norm)
+        self.uses_guidance = variant.uses_guidance
         self.start_size = (h // factor, w // factor)
         self.upsample_before = ups
 
@@ -139,7 +151,10 @@ class RESAILGenerator(nn.Module):
         self.fc = nn.Conv2d(label_nc, 16 * nf, 3, padding=1)
         self.blocks = nn.ModuleDict()
         for i in range(len(ups)):
-            self.blocks[names[i]] = RESAILResBlock(chans[i], chans[i + 1], label_nc, norm, norm_hidden)
+            kind = "spade" if names[i] in variant.plain_blocks else norm
+            self.blocks[names[i]] = RESAILResBlock(chans[i], chans[i + 1], label_nc, kind, norm_hidden)
+        # None for most variants (no state-dict keys); SEAN+'s style encoder otherwise.
+        self.guidance_encoder = variant.make_encoder(label_nc, norm_hidden) if variant.make_encoder else None
         self.conv_img = nn.Conv2d(chans[len(ups)], 3, 3, padding=1)
 
         xavier_init_(self, init_gain)
@@ -150,9 +165,12 @@ class RESAILGenerator(nn.Module):
     def forward(self, seg: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
         if seg.dim() != 4 or seg.shape[1] != self.label_nc:
             raise ValueError(f"expected a one-hot map [B, {self.label_nc}, H, W], got {tuple(seg.shape)}")
+        if guidance is None and self.uses_guidance:
+            raise ValueError(f"norm {self.norm_kind!r} needs a guidance image (only 'spade' runs without)")
+        cond = guidance if self.guidance_encoder is None else self.guidance_encoder(guidance, seg)
         x = self.fc(F.interpolate(seg, size=self.start_size, mode="nearest"))
         for up, block in zip(self.upsample_before, self.blocks.values()):
             if up:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = block(x, seg, guidance)
+            x = block(x, seg, cond)
         return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))

@@ -33,16 +33,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NORM_KINDS = ("resail", "spade")
+from resail_train.norms import NormVariant, get_norm_variant, norm_names
 
 
-def _resize_seg(seg: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+
+def resize_seg(seg: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(seg.shape[-2:]) == tuple(size):
         return seg
     return F.interpolate(seg, size=size, mode="nearest")
 
 
-def _resize_guidance(guidance: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_guidance(guidance: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(guidance.shape[-2:]) == tuple(size):
         return guidance
     return F.interpolate(guidance, size=size, mode="bilinear", align_corners=False)
@@ -103,26 +104,54 @@ class FineBranch(nn.Module):
         return self.gamma(h), self.beta(h)
 
 
-class SPADENorm(nn.Module):
-    """SPADE (coarse branch only): the ``norm: spade`` ablation. ``guidance`` is accepted and ignored."""
+class ModulatedNorm(nn.Module):
+    """``out = BN(x) · (1 + γ) + β`` with a parameter-free BatchNorm; subclasses give ``modulation``.
 
-    def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128) -> None:
+    The base of every SPADE-family variant (``spade``, ``spade_plus``, ``sean_plus``, ``resail``):
+    they differ only in where ``(γ, β)`` come from.
+    """
+
+    def __init__(self, norm_nc: int) -> None:
         super().__init__()
         self.param_free_norm = nn.BatchNorm2d(norm_nc, affine=False)
-        self.coarse = CoarseBranch(norm_nc, label_nc, hidden)
 
     def modulation(
         self, seg: torch.Tensor, guidance: torch.Tensor | None, size: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(γ, β)`` at spatial ``size``."""
-        return self.coarse(_resize_seg(seg, size))
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
         gamma, beta = self.modulation(seg, guidance, tuple(x.shape[-2:]))
         return self.param_free_norm(x) * (1 + gamma) + beta
 
 
-class RESAILNorm(nn.Module):
+def mix(weight: torch.Tensor, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """Eq. h: ``σ(w)·fine + (1 − σ(w))·coarse`` (also SEAN's blending of style and SPADE maps)."""
+    w = torch.sigmoid(weight)
+    return w * fine + (1 - w) * coarse
+
+
+def require_guidance(guidance: torch.Tensor | None, layer: str) -> torch.Tensor:
+    if guidance is None:
+        raise ValueError(f"{layer} needs a guidance image (use norm='spade' for none)")
+    return guidance
+
+
+class SPADENorm(ModulatedNorm):
+    """SPADE (coarse branch only): the ``norm: spade`` ablation. ``guidance`` is accepted and ignored."""
+
+    def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128) -> None:
+        super().__init__(norm_nc)
+        self.coarse = CoarseBranch(norm_nc, label_nc, hidden)
+
+    def modulation(
+        self, seg: torch.Tensor, guidance: torch.Tensor | None, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(γ, β)`` at spatial ``size``."""
+        return self.coarse(resize_seg(seg, size))
+
+
+class RESAILNorm(ModulatedNorm):
     """Retrieval-based spatially adaptive normalisation.
 
     ``RESAILNorm(norm_nc, label_nc, hidden=128)``; ``forward(x, seg, guidance) -> [B, norm_nc, h, w]``.
@@ -131,8 +160,7 @@ class RESAILNorm(nn.Module):
     """
 
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128) -> None:
-        super().__init__()
-        self.param_free_norm = nn.BatchNorm2d(norm_nc, affine=False)
+        super().__init__(norm_nc)
         self.coarse = CoarseBranch(norm_nc, label_nc, hidden)
         self.fine = FineBranch(norm_nc, label_nc, hidden)
         self.mix_gamma = nn.Parameter(torch.zeros(1))
@@ -142,26 +170,27 @@ class RESAILNorm(nn.Module):
         self, seg: torch.Tensor, guidance: torch.Tensor | None, size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixed ``(γ, β)`` at spatial ``size`` (eq. h)."""
-        if guidance is None:
-            raise ValueError("RESAILNorm needs a guidance image (use norm='spade' for none)")
-        seg = _resize_seg(seg, size)
+        guidance = require_guidance(guidance, "RESAILNorm")
+        seg = resize_seg(seg, size)
         gamma_s, beta_s = self.coarse(seg)
-        gamma_r, beta_r = self.fine(_resize_guidance(guidance, size), seg)
-        wg = torch.sigmoid(self.mix_gamma)
-        wb = torch.sigmoid(self.mix_beta)
-        gamma = wg * gamma_r + (1 - wg) * gamma_s
-        beta = wb * beta_r + (1 - wb) * beta_s
-        return gamma, beta
+        gamma_r, beta_r = self.fine(resize_guidance(guidance, size), seg)
+        return mix(self.mix_gamma, gamma_r, gamma_s), mix(self.mix_beta, beta_r, beta_s)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
-        gamma, beta = self.modulation(seg, guidance, tuple(x.shape[-2:]))
-        return self.param_free_norm(x) * (1 + gamma) + beta
+
+RESAIL_VARIANT = NormVariant(
+    "resail", RESAILNorm, released="SIN (norm_way default)",
+    summary="ours: SPADE coarse branch + guidance fine branch with semantic AdaIN, learned mix (eq. f-h)")
+SPADE_VARIANT = NormVariant(
+    "spade", SPADENorm, uses_guidance=False, released="SPADE (--norm_way spade)",
+    summary="SPADE: modulation from the label map only; the guidance is ignored")
 
 
 def make_norm(kind: str, norm_nc: int, label_nc: int, hidden: int = 128) -> nn.Module:
-    """``kind`` ∈ {"resail", "spade"} → a layer called as ``norm(x, seg, guidance)``."""
-    if kind == "resail":
-        return RESAILNorm(norm_nc, label_nc, hidden)
-    if kind == "spade":
-        return SPADENorm(norm_nc, label_nc, hidden)
-    raise ValueError(f"unknown norm kind {kind!r}; expected one of {NORM_KINDS}")
+    """The ``model.norm`` variant ``kind`` (see :mod:`resail_train.norms`) → a layer ``norm(x, seg, cond)``."""
+    return get_norm_variant(kind).make_norm(norm_nc, label_nc, hidden)
+
+
+def __getattr__(name: str):
+    if name == "NORM_KINDS":  # kept for older imports: every registered name
+        return norm_names()
+    raise AttributeError(name)
