@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from pipeline.errors import ConfigError
+from resail_train.norms import norm_names
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_NAMES = ("demo", "cityscapes", "ade20k", "coco-stuff")
@@ -120,7 +121,7 @@ SCHEMA: dict[str, Any] = {
     },
     "model": {
         "ngf": _int(1),
-        "norm": _choice("resail", "spade"),
+        "norm": lambda v: _choice(*norm_names())(v),  # the registry in resail_train/norms
         "norm_hidden": _int(1),
         "num_upsampling": _int(0),
         "ndf": _int(1),

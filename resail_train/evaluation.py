@@ -54,7 +54,8 @@ from resail_train.metrics.fid import FID_WEIGHTS_FILENAME, FID_WEIGHTS_URL, fid_
     load_fid_inception
 from resail_train.metrics.segmentation import confusion_matrix, segmentation_scores
 from resail_train.synthesis import Synthesizer, recorded_cache_dir
-from resail_train.trainer import SEGNET_FILE, load_segnet, segment
+from resail_train.models import load_segnet
+from resail_train.trainer import SEGNET_FILE, segment
 
 METRICS_FILE = "metrics.json"
 DETAILS_FILE = "eval_details.json"

@@ -35,7 +35,7 @@ from resail_train.config import TrainConfig
 from resail_train.data import CacheDataset, EpochBatchSampler, collate, worker_init
 from resail_train.losses import balanced_cross_entropy
 from resail_train.metrics.segmentation import confusion_matrix, segmentation_scores
-from resail_train.segnet import SegNet
+from resail_train.models import build_segnet
 from resail_train.trainer import SEGNET_FILE, log, pad_to_multiple, resolve_device
 
 SEGNET_LOGS = "segnet_logs"
@@ -51,10 +51,6 @@ class SegnetResult:
     train_pixel_acc: float
     val_miou: float | None
     val_pixel_acc: float | None
-
-
-def build_segnet(cfg: TrainConfig, num_classes: int) -> SegNet:
-    return SegNet(num_classes, base_width=cfg.segnet.base_width, spectral=cfg.segnet.spectral)
 
 
 def forward_logits(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,8 @@ from pipeline.segments import Segment
 from resail_train import checkpoint as ckpt
 from resail_train.config import TrainConfig, config_from_dict
 from resail_train.data import Geometry, apply_geometry, instance_edges, rgb_to_tensor, tensor_to_rgb
-from resail_train.trainer import GENERATOR_FILE, build_generator, onehot, resolve_device
+from resail_train.models import build_generator
+from resail_train.trainer import GENERATOR_FILE, onehot, resolve_device
 
 __all__ = ["Synthesizer", "SegmentInfo", "recorded_cache_dir", "read_generator", "parse_pixel"]
 

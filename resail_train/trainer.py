@@ -59,8 +59,8 @@ from pipeline.errors import CacheError, ConfigError
 from resail_train import checkpoint as ckpt
 from resail_train.config import VGG_HELP, TrainConfig, config_fingerprint
 from resail_train.data import CacheDataset, EpochBatchSampler, collate, tensor_to_rgb, worker_init
-from resail_train.discriminator import SesameMultiscaleDiscriminator
-from resail_train.generator import RESAILGenerator
+# Model construction lives in resail_train.models; re-exported here for older imports.
+from resail_train.models import SEGNET_MISSING, build_discriminator, build_generator, load_segnet  # noqa: F401
 from resail_train.losses import (VGGLoss, balanced_cross_entropy, feature_matching_loss, hinge_d_loss_fake,
                                  hinge_d_loss_real, hinge_g_loss)
 
@@ -69,8 +69,6 @@ LOGS_DIR = "logs"
 GENERATOR_FILE = "generator.pt"
 SEGNET_FILE = "segnet.pt"
 SEGNET_MULTIPLE = 64
-SEGNET_MISSING = ("segmentation net not found: run `resail train-segnet --cache CACHE --out RUN_DIR` first "
-                  "(or set segnet.path, or loss.lambda_seg: 0 to train without the segmentation loss)")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -192,44 +190,6 @@ class GeneratorPasses(nn.Module):
 
     def forward(self, seg: torch.Tensor, guidances: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self.generator(seg, g) for g in guidances]
-
-
-# --------------------------------------------------------------------------- model construction
-def build_generator(cfg: TrainConfig, label_nc: int) -> RESAILGenerator:
-    m = cfg.model
-    return RESAILGenerator(label_nc, ngf=m.ngf, crop_size=tuple(cfg.data.crop_size), num_upsampling=m.num_upsampling,
-                           norm=m.norm, norm_hidden=m.norm_hidden)
-
-
-def build_discriminator(cfg: TrainConfig, label_nc: int) -> SesameMultiscaleDiscriminator:
-    m = cfg.model
-    return SesameMultiscaleDiscriminator(label_nc, ndf=m.ndf, n_layers=m.n_layers_D, num_D=m.num_D)
-
-
-def load_segnet(path: str | Path, meta: ClassMeta, device: torch.device) -> nn.Module:
-    """The frozen segmentation net of ``resail train-segnet`` (eval mode, no grads)."""
-    from resail_train.segnet import SegNet
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(path, SEGNET_MISSING)
-    obj = ckpt.load_checkpoint(path)
-    try:
-        state, c, width, spectral = obj["state_dict"], int(obj["num_classes"]), int(obj["base_width"]), bool(obj["spectral"])
-        classes = obj.get("classes")
-    except (KeyError, TypeError, ValueError):
-        raise CacheError(path, "not a segmentation-net file of `resail train-segnet`") from None
-    if c != meta.num_classes or (classes is not None and ClassMeta.from_dict(classes) != meta):
-        raise CacheError(path, f"segmentation net was trained on another class list ({c} classes, dataset "
-                               f"{(classes or {}).get('name')!r}); this cache has {meta.num_classes} ({meta.dataset})")
-    net = SegNet(c, base_width=width, spectral=spectral)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise CacheError(path, f"segmentation net weights do not fit ({str(e).splitlines()[0]})") from None
-    net.to(device).eval()
-    set_requires_grad(net, False)
-    return net
 
 
 def resolve_vgg(cfg: TrainConfig, vgg_weights: str | None) -> str | None:
