@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from pipeline.composition import compose_guidance
 from pipeline.errors import DataError
 from pipeline.retrieval import NO_EXCLUDE, RetrievalParams, TopK
 from pipeline.retrieval_db import build_index
-from pipeline.segments import Segment, decompose, normalised_mask, pack_mask
+from pipeline.segments import Segment, decompose, normalised_mask, pack_mask, segment_query_flags
 
 
 @dataclass
@@ -48,6 +48,8 @@ class OnlineGuidance:
         attrs = self.db.attrs
         self.meta = self.db.meta
         self.min_area = int(attrs.get("min_area", 16))
+        self.pruning = str(attrs.get("pruning", "dataset"))  # per-image query pruning of the database (B)
+        self.preserved_ratio = float(attrs.get("preserved_ratio", 0.9))
         self.params = params or self._recorded_params()
         self.index = build_index(self.db, device)
         self._crops: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -92,16 +94,36 @@ class OnlineGuidance:
         return crop
 
     # ------------------------------------------------------------------ calls
-    def retrieve(self, labels: np.ndarray, instances: np.ndarray | None = None) -> tuple[list[Segment], TopK]:
-        """Segments of a label map and their exact top-k database candidates."""
-        segs = decompose(np.asarray(labels), None if instances is None else np.asarray(instances), self.meta,
+    def decompose(self, labels: np.ndarray, instances: np.ndarray | None = None) -> list[Segment]:
+        """The segments of a label map, exactly as ``resail decompose`` cuts them (same ``min_area``)."""
+        return decompose(np.asarray(labels), None if instances is None else np.asarray(instances), self.meta,
                          self.min_area)
+
+    def retrieve_segments(self, segs: Sequence[Segment]) -> TopK:
+        """Exact top-k of given segments (``query_index`` = position in ``segs``).
+
+        A segment's candidates depend only on its class, its box-sized mask crop and its box area
+        (no image is excluded on-line), never on the other queries, so an interactive editor can
+        re-retrieve just the segments a repaint changed and keep the rest."""
         S = self.db.mask_size
-        packed = np.stack([pack_mask(normalised_mask(s.mask, S)) for s in segs]) if segs else \
+        packed = np.stack([pack_mask(normalised_mask(s.mask, S)) for s in segs]) if len(segs) else \
             np.zeros((0, S * S // 8), np.uint8)
-        top = self.index.search(packed, [s.class_id for s in segs], [s.box_area for s in segs],
-                                np.full(len(segs), NO_EXCLUDE), self.params)
-        return segs, top
+        return self.index.search(packed, [s.class_id for s in segs], [s.box_area for s in segs],
+                                 np.full(len(segs), NO_EXCLUDE), self.params)
+
+    def retrieve(self, labels: np.ndarray, instances: np.ndarray | None = None) -> tuple[list[Segment], TopK]:
+        """Segments of a label map and their exact top-k database candidates (segments pruned per
+        image, as ``resail decompose`` prunes them, get no rows: they stay black)."""
+        segs = self.decompose(labels, instances)
+        return segs, self.retrieve_segments(segs).only_queries(
+            segment_query_flags(segs, self.pruning, self.preserved_ratio))
+
+    def compose(self, labels: np.ndarray, segs: Sequence[Segment], matches: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(guidance, valid) pasting candidate ``matches[i]`` (−1 = black) for ``segs[i]``, with the
+        crop cache."""
+        crops = [None if c < 0 else self.crop(int(c)) for c in np.asarray(matches).tolist()]
+        return compose_guidance(np.asarray(labels), self.meta, segs, crops)
 
     def guidance(self, labels: np.ndarray, instances: np.ndarray | None = None, *, rank: int = 0,
                  overrides: Mapping[int, int] | None = None, source: str | Path | None = None) -> OnlineResult:
@@ -113,8 +135,7 @@ class OnlineGuidance:
         segs, top = self.retrieve(labels, instances)
         t1 = time.perf_counter()
         matches = choose(top, len(segs), rank, overrides)
-        crops = [None if c < 0 else self.crop(int(c)) for c in matches.tolist()]
-        guidance, valid = compose_guidance(np.asarray(labels), self.meta, segs, crops)
+        guidance, valid = self.compose(labels, segs, matches)
         t2 = time.perf_counter()
         return OnlineResult(guidance, valid, segs, top, matches,
                             {"retrieve": t1 - t0, "compose": t2 - t1, "total": t2 - t0})
