@@ -152,6 +152,11 @@ class TopK:
     def columns(self) -> dict[str, np.ndarray]:
         return {f: getattr(self, f) for f in self.FIELDS}
 
+    def only_queries(self, is_query: np.ndarray) -> "TopK":
+        """The rows of the queries whose ``is_query[query_index]`` is True (pruned queries get none)."""
+        keep = np.asarray(is_query, dtype=bool)[self.query_index] if len(self) else np.zeros(0, bool)
+        return TopK(*(getattr(self, f)[keep] for f in self.FIELDS))
+
     def same_as(self, other: "TopK") -> bool:
         """Exact equality of every column (dtype and values)."""
         return all(

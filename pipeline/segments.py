@@ -113,24 +113,90 @@ def unpack_mask(packed: np.ndarray, size: int) -> np.ndarray:
     return bits.reshape(*packed.shape[:-1], size, size)
 
 
+PRUNING_MODES = ("image", "dataset", "none")  # first = default
+
+
+def _keep_largest(groups: np.ndarray, areas: np.ndarray, preserved_ratio: float) -> np.ndarray:
+    """Per group, segments sorted by area descending (ties: lower row first) are kept while the
+    area kept *before* them is below ``preserved_ratio`` of the group's total — so the segment that
+    takes the running total to the ratio is kept, as in the released ``sort_segments_by_area``."""
+    n = len(groups)
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    if preserved_ratio >= 1.0:
+        keep[:] = True
+        return keep
+    order = np.lexsort((np.arange(n), -areas, groups))
+    g, a = groups[order], areas[order].astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    counts = np.diff(np.r_[starts, n])
+    totals = np.repeat(np.add.reduceat(a, starts), counts)
+    csum = np.cumsum(a)
+    offset = np.repeat(csum[starts] - a[starts], counts)  # running total before each group
+    before = csum - a - offset
+    keep[order] = before < preserved_ratio * totals
+    return keep
+
+
 def candidate_flags(class_ids: np.ndarray, areas: np.ndarray, in_db: np.ndarray, preserved_ratio: float) -> np.ndarray:
-    """Database pruning of the released code, kept as a flag (method.md §1).
+    """Dataset-wide database pruning (``decompose.pruning: dataset``), kept as a flag.
 
     Per class, over rows with ``in_db`` (the training split), segments sorted by area descending
     (ties: lower row first) are kept until ``preserved_ratio`` of the class's total area is covered;
     the segment that takes the running total to the ratio is kept. Rows outside the DB are False.
     """
-    class_ids = np.asarray(class_ids)
+    class_ids = np.asarray(class_ids, dtype=np.int64)
     areas = np.asarray(areas, dtype=np.int64)
     flags = np.zeros(len(class_ids), dtype=bool)
     rows = np.flatnonzero(np.asarray(in_db, dtype=bool))
-    if preserved_ratio >= 1.0:
-        flags[rows] = True
-        return flags
-    for cid in np.unique(class_ids[rows]):
-        r = rows[class_ids[rows] == cid]
-        order = r[np.lexsort((r, -areas[r]))]
-        a = areas[order]
-        before = np.cumsum(a) - a  # running total before this segment
-        flags[order[before < preserved_ratio * a.sum()]] = True
+    flags[rows] = _keep_largest(class_ids[rows], areas[rows], preserved_ratio)
     return flags
+
+
+def image_pruning_flags(image_keys: np.ndarray, class_ids: np.ndarray, areas: np.ndarray,
+                        preserved_ratio: float) -> np.ndarray:
+    """Per-image pruning of the released code (``decompose.pruning: image``, method.md §1).
+
+    Within each image and class, the largest segments are kept until ``preserved_ratio`` of that
+    class's area *in that image* is covered (same rule as :func:`candidate_flags`, grouped by
+    (image, class) instead of class). The released ``sort_segments_by_area`` applies it to every
+    image, so a pruned segment is neither a retrieval candidate nor a query (it gets no guidance).
+    """
+    image_keys = np.asarray(image_keys, dtype=np.int64)
+    class_ids = np.asarray(class_ids, dtype=np.int64)
+    if len(class_ids) == 0:
+        return np.zeros(0, dtype=bool)
+    _, groups = np.unique(np.stack([image_keys, class_ids], axis=1), axis=0, return_inverse=True)
+    return _keep_largest(groups.reshape(-1), np.asarray(areas, dtype=np.int64), preserved_ratio)
+
+
+def pruning_flags(mode: str, image_keys: np.ndarray, class_ids: np.ndarray, areas: np.ndarray,
+                  in_db: np.ndarray, preserved_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(candidate, query)`` flags of every segment under a pruning mode.
+
+    * ``image`` (released code): per image and class, for queries and candidates alike; a
+      candidate is a kept row of the database split.
+    * ``dataset``: per class over the database split, candidates only; every segment is a query.
+    * ``none``: every database-split row is a candidate, every segment a query.
+    """
+    in_db = np.asarray(in_db, dtype=bool)
+    n = len(in_db)
+    if mode == "image":
+        query = image_pruning_flags(image_keys, class_ids, areas, preserved_ratio)
+        return query & in_db, query
+    if mode == "dataset":
+        return candidate_flags(class_ids, areas, in_db, preserved_ratio), np.ones(n, dtype=bool)
+    if mode == "none":
+        return in_db.copy(), np.ones(n, dtype=bool)
+    raise ValueError(f"pruning must be one of {', '.join(PRUNING_MODES)}, got {mode!r}")
+
+
+def segment_query_flags(segs: "list[Segment]", pruning: str, preserved_ratio: float) -> np.ndarray:
+    """Query flags of one image's segments, as ``resail decompose`` records them (``query`` column):
+    with ``pruning="image"`` the per-image rule of :func:`image_pruning_flags`, else all True.
+    The on-line API calls this so a label map from the database gets the guidance compose wrote."""
+    if pruning != "image" or not segs:
+        return np.ones(len(segs), dtype=bool)
+    return image_pruning_flags(np.zeros(len(segs), np.int64), [s.class_id for s in segs], [s.area for s in segs],
+                               preserved_ratio)

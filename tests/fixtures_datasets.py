@@ -110,9 +110,12 @@ def _cs_paths(root: Path, split: str, city: str, base: str) -> tuple[Path, Path,
 def make_cityscapes(root: Path) -> Built:
     # labelIds: road, sidewalk, car, car / static, person, person, unlabeled / caravan, bicycle, sky, parking
     raw = np.array([[7, 8, 26, 26], [4, 24, 24, 0], [29, 33, 23, 9]], dtype=np.uint8)
-    expected = np.array([[0, 1, 13, 13], [255, 11, 11, 255], [255, 18, 10, 255]], dtype=np.int64)
+    # default label space = labelIds: the values themselves; caravan (29) is a thing there
+    expected = raw.astype(np.int64)
+    train_expected = np.array([[0, 1, 13, 13], [255, 11, 11, 255], [255, 18, 10, 255]], dtype=np.int64)
     raw_inst = np.array([[7, 8, 26001, 26002], [4, 24000, 24000, 0], [29000, 33000, 23, 9]], dtype=np.uint16)
-    exp_inst = np.array([[0, 0, 26001, 26002], [0, 24000, 24000, 0], [0, 33000, 0, 0]], dtype=np.int64)
+    exp_inst = np.array([[0, 0, 26001, 26002], [0, 24000, 24000, 0], [29000, 33000, 0, 0]], dtype=np.int64)
+    train_exp_inst = np.array([[0, 0, 26001, 26002], [0, 24000, 24000, 0], [0, 33000, 0, 0]], dtype=np.int64)
     hw = raw.shape
     frames = [("train", "bochum", "bochum_000000_000313"), ("train", "aachen", "aachen_000001_000019"),
               ("train", "aachen", "aachen_000000_000019"), ("val", "frankfurt", "frankfurt_000000_000294")]
@@ -126,7 +129,8 @@ def make_cityscapes(root: Path) -> Built:
                  {"train": ["aachen_000000_000019", "aachen_000001_000019", "bochum_000000_000313"],
                   "val": ["frankfurt_000000_000294"]},
                  "train", "aachen_000000_000019", COLOUR, expected, exp_inst, bad_class_value=40,
-                 extra={"no_instance_id": "aachen_000001_000019"})
+                 extra={"no_instance_id": "aachen_000001_000019", "train_labels": train_expected,
+                        "train_instances": train_exp_inst})
 
 
 # ---------------------------------------------------------------- ADE20K (ADEChallengeData2016)

@@ -166,26 +166,86 @@ def test_camvid_splits_follow_image_folders(tmp_path: Path):
         ds.load(ref)
 
 
-def test_cityscapes_full_label_table(tmp_path: Path):
+# The official Cityscapes label table (cityscapesscripts labels.py), written out here independently:
+# labelId → (name, trainId or 255, hasInstances).
+OFFICIAL_CITYSCAPES = {
+    0: ("unlabeled", 255, False), 1: ("ego vehicle", 255, False), 2: ("rectification border", 255, False),
+    3: ("out of roi", 255, False), 4: ("static", 255, False), 5: ("dynamic", 255, False), 6: ("ground", 255, False),
+    7: ("road", 0, False), 8: ("sidewalk", 1, False), 9: ("parking", 255, False), 10: ("rail track", 255, False),
+    11: ("building", 2, False), 12: ("wall", 3, False), 13: ("fence", 4, False), 14: ("guard rail", 255, False),
+    15: ("bridge", 255, False), 16: ("tunnel", 255, False), 17: ("pole", 5, False), 18: ("polegroup", 255, False),
+    19: ("traffic light", 6, False), 20: ("traffic sign", 7, False), 21: ("vegetation", 8, False),
+    22: ("terrain", 9, False), 23: ("sky", 10, False), 24: ("person", 11, True), 25: ("rider", 12, True),
+    26: ("car", 13, True), 27: ("truck", 14, True), 28: ("bus", 15, True), 29: ("caravan", 255, True),
+    30: ("trailer", 255, True), 31: ("train", 16, True), 32: ("motorcycle", 17, True), 33: ("bicycle", 18, True),
+}
+
+
+def test_cityscapes_label_id_table(tmp_path: Path):
+    ds = open_dataset("cityscapes", BUILDERS["cityscapes"](tmp_path / "cs").root)
+    meta = ds.classes()
+    assert ds.options == {"label_space": "label-ids"}  # the default, as SPADE/OASIS/released code
+    assert meta.num_classes == 34 and meta.ids.tolist() == list(range(34)) and meta.ignore_id == 255
+    assert {c.id: c.name for c in meta.classes} == {i: v[0] for i, v in OFFICIAL_CITYSCAPES.items()}
+    assert meta.thing_ids == frozenset(range(24, 34))  # released code's fg_mask_id_list
+    # with the void code, 35 values: SPADE's --label_nc 35
+    assert len(meta.lookup_table()) == 256 and meta.lookup_table()[255] == 34
+
+
+def test_cityscapes_label_to_train_ids_matches_the_official_table():
+    from pipeline.datasets.cityscapes import LABEL_TO_TRAIN_LUT, label_to_train_ids
+
+    ids = np.array([list(range(34)) + [255]])
+    expected = [OFFICIAL_CITYSCAPES[i][1] for i in range(34)] + [255]
+    assert label_to_train_ids(ids)[0].tolist() == expected
+    assert LABEL_TO_TRAIN_LUT[:34].tolist() == expected[:34]
+    assert {i: t for i, t in CITYSCAPES_TRAIN_ID.items()} == {i: v[1] for i, v in OFFICIAL_CITYSCAPES.items() if v[1] != 255}
+    with pytest.raises(ValueError, match="40"):
+        label_to_train_ids(np.array([[7, 40]]))
+
+
+@pytest.mark.parametrize("space", ["label-ids", "train-ids"])
+def test_cityscapes_full_label_table(tmp_path: Path, space: str):
     b = BUILDERS["cityscapes"](tmp_path / "cs")
-    ds = open_dataset("cityscapes", b.root)
+    ds = open_dataset("cityscapes", b.root, {"label_space": space})
     ref = _ref(ds, b)
-    raw = np.arange(34, dtype=np.uint8)[None, :].repeat(2, axis=0)
+    raw = np.array([list(range(34)) + [255]], dtype=np.uint8).repeat(2, axis=0)  # 255: license plate (-1)
     write_rgb(ref.image, COLOUR, raw.shape)
     write_index(ref.label, raw)
     ref.instance.unlink()
     ref = _ref(ds, b)
     assert ref.instance is None
     s = ds.load(ref)
-    expected = [CITYSCAPES_TRAIN_ID.get(i, 255) for i in range(34)]
+    if space == "label-ids":
+        expected = list(range(34)) + [255]
+    else:
+        expected = [CITYSCAPES_TRAIN_ID.get(i, 255) for i in range(34)] + [255]
     assert s.labels[0].tolist() == expected
-    assert s.labels[0, 26] == 13 and s.labels[0, 4] == 255
     assert s.instances is None
+
+
+def test_cityscapes_train_ids_space(tmp_path: Path):
+    b = BUILDERS["cityscapes"](tmp_path / "cs")
+    ds = open_dataset("cityscapes", b.root, {"label_space": "train-ids"})
+    s = ds.load(_ref(ds, b))
+    np.testing.assert_array_equal(s.labels, b.extra["train_labels"])
+    np.testing.assert_array_equal(s.instances, b.extra["train_instances"])  # caravan instance dropped (ignore)
+
+
+def test_adapter_options_are_checked(tmp_path: Path):
+    from pipeline.errors import ConfigError
+
+    b = BUILDERS["cityscapes"](tmp_path / "cs")
+    with pytest.raises(ConfigError, match="label_space"):
+        open_dataset("cityscapes", b.root, {"label_space": "trainids"})
+    with pytest.raises(ConfigError, match="no option 'subset'"):
+        open_dataset("cityscapes", b.root, {"subset": "outdoor"})
+    assert open_dataset("cityscapes", b.root, {"label_space": None}).options == {"label_space": "label-ids"}
 
 
 def test_cityscapes_classes_and_missing_instances(tmp_path: Path):
     b = BUILDERS["cityscapes"](tmp_path / "cs")
-    ds = open_dataset("cityscapes", b.root)
+    ds = open_dataset("cityscapes", b.root, {"label_space": "train-ids"})
     meta = ds.classes()
     assert meta.ignore_id == 255 and meta.ids.tolist() == list(range(19))
     names = [c.name for c in meta.classes]
@@ -288,7 +348,7 @@ def test_real_camvid_folder():
 
 
 def test_real_cityscapes():
-    ds = open_dataset("cityscapes", _shared("cityscapes"))
+    ds = open_dataset("cityscapes", _shared("cityscapes"), {"label_space": "train-ids"})
     assert ds.splits() == ["train", "val"]
     assert [r.image_id for r in ds.refs("train")][:2] == ["aachen_000000_000019", "aachen_000001_000019"]
     for ref in (ds.refs("val")[0], ds.refs("train")[0]):
@@ -338,3 +398,15 @@ def test_real_coco_panoptic_folder():
     _check_sample(ds, s)
     assert ds.classes().num_classes == 133 and len(ds.classes().thing_ids) == 80
     assert np.unique(s.instances[s.instances > 0]).size > 1
+
+
+def test_real_cityscapes_label_ids():
+    ds = open_dataset("cityscapes", _shared("cityscapes"))
+    ref = ds.refs("train")[0]
+    s = ds.load(ref)
+    _check_sample(ds, s)
+    raw = cv2.imread(str(ref.label), cv2.IMREAD_UNCHANGED).astype(np.int64)
+    np.testing.assert_array_equal(s.labels, raw)  # labelIds kept as they are
+    on = s.instances > 0
+    np.testing.assert_array_equal(s.labels[on], s.instances[on] // 1000)
+    assert (s.labels[on] >= 24).all()

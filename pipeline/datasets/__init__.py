@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.base import ClassInfo, ClassMeta, DatasetAdapter, Sample, SampleRef
+from pipeline.datasets.resized import ResizedAdapter, ResizeSpec
 from pipeline.errors import DataError
 
 
@@ -24,11 +25,27 @@ def _registry() -> dict[str, type[DatasetAdapter]]:
 FORMATS = tuple(_registry())  # the --format choices: exactly the registered layouts
 
 
-def open_dataset(fmt: str, root: str | Path) -> DatasetAdapter:
+def open_dataset(fmt: str, root: str | Path, options: dict[str, str | None] | None = None,
+                 resize: str | None = None) -> DatasetAdapter:
+    """The adapter of a layout. ``options``: the layout's options (e.g. Cityscapes ``label_space``,
+    ADE20K ``subset``; ``None`` values = default); ``resize``: a working resolution (``HxW`` or
+    shorter side ``S``, see :mod:`pipeline.datasets.resized`) the samples are loaded at."""
     adapters = _registry()
     if fmt not in adapters:
         raise DataError(root, f"unknown dataset format '{fmt}' (known: {', '.join(sorted(adapters))})")
-    return adapters[fmt](root)
+    adapter = adapters[fmt](root, **(options or {}))
+    spec = ResizeSpec.parse(resize)
+    return adapter if spec is None else ResizedAdapter(adapter, spec)
 
 
-__all__ = ["ClassInfo", "ClassMeta", "DatasetAdapter", "Sample", "SampleRef", "open_dataset", "FORMATS"]
+def option_names() -> dict[str, list[str]]:
+    """Every adapter option name → the formats that accept it (for CLI help and checks)."""
+    out: dict[str, list[str]] = {}
+    for fmt, cls in _registry().items():
+        for name in cls.option_choices:
+            out.setdefault(name, []).append(fmt)
+    return out
+
+
+__all__ = ["ClassInfo", "ClassMeta", "DatasetAdapter", "Sample", "SampleRef", "ResizeSpec", "ResizedAdapter",
+           "open_dataset", "option_names", "FORMATS"]

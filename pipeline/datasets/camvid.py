@@ -6,7 +6,7 @@ every segment downstream is a connected component, things included.
 """
 from __future__ import annotations
 
-from pipeline.datasets.base import ClassInfo, ClassMeta, DatasetAdapter, SampleRef, find_image
+from pipeline.datasets.base import ClassInfo, ClassMeta, DatasetAdapter, SampleRef, list_images
 from pipeline.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -38,7 +38,5 @@ class CamVidAdapter(DatasetAdapter):
         if split not in SPLITS or not images.is_dir():
             raise DataError(images, f"split '{split}' not found (CamVid splits: {', '.join(SPLITS)})")
         labels = self.root / f"{split}annot"
-        stems = sorted({p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTS})
-        return [SampleRef(image_id=stem, split=split, image=find_image(images, stem, IMAGE_EXTS),
-                          label=labels / f"{stem}.png")
-                for stem in stems]
+        return [SampleRef(image_id=stem, split=split, image=image, label=labels / f"{stem}.png")
+                for stem, image in list_images(images, IMAGE_EXTS).items()]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.base import BundledClassesAdapter, SampleRef, find_image
+from pipeline.datasets.base import BundledClassesAdapter, SampleRef, list_images
 from pipeline.datasets.folder import ordered_splits
 from pipeline.errors import DataError
 
@@ -45,11 +45,10 @@ class CocoStuffAdapter(BundledClassesAdapter):
         labels = self.root / f"{split}_label"
         instances = self.root / f"{split}_inst"
         has_inst = instances.is_dir()
-        stems = sorted({p.stem for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTS})
         out = []
-        for stem in stems:
+        for stem, image in list_images(images, IMAGE_EXTS).items():
             inst = instances / f"{stem}.png"
-            out.append(SampleRef(image_id=stem, split=split, image=find_image(images, stem, IMAGE_EXTS),
+            out.append(SampleRef(image_id=stem, split=split, image=image,
                                  label=labels / f"{stem}.png",
                                  instance=inst if has_inst and inst.is_file() else None))
         return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from pipeline.datasets.base import ClassMeta, DatasetAdapter, SampleRef, find_image
+from pipeline.datasets.base import ClassMeta, DatasetAdapter, SampleRef, list_images
 from pipeline.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -33,15 +33,14 @@ class FolderAdapter(DatasetAdapter):
         base = self.root / split
         if not (base / "images").is_dir():
             raise DataError(base / "images", f"split '{split}' not found")
-        stems = sorted({p.stem for p in (base / "images").iterdir() if p.suffix.lower() in IMAGE_EXTS})
         has_inst = (base / "instances").is_dir()
         out = []
-        for stem in stems:
+        for stem, image in list_images(base / "images", IMAGE_EXTS).items():
             inst = base / "instances" / f"{stem}.png" if has_inst else None
             out.append(SampleRef(
                 image_id=stem,
                 split=split,
-                image=find_image(base / "images", stem, IMAGE_EXTS),
+                image=image,
                 label=base / "labels" / f"{stem}.png",
                 instance=inst if inst is not None and inst.exists() else None,
             ))
