@@ -78,6 +78,9 @@ def make_synthetic_cache(root: Path, n_images: int = 24, size: tuple[int, int] =
             g.create_dataset(cache.image_key("train", image_id), data=np.ascontiguousarray(img[:, :, ::-1]), compression="gzip")
             g.create_dataset(cache.valid_key("train", image_id), data=np.ones((h, w), bool), compression="gzip")
             d.create_dataset(cache.image_key("train", image_id), data=np.stack([img, img // 2]), compression="gzip")
+        up = cache.upstream_ids(cache_dir, retrieval=False)  # lineage: built from this DB (see pipeline.cache)
+        cache.stamp_h5(g, cache.make_lineage("compose", up, {"bench": True}), cache.GUIDANCE_SCHEMA_VERSION)
+        cache.stamp_h5(d, cache.make_lineage("distort", up, {"bench": True}), cache.DISTORTIONS_SCHEMA_VERSION)
     return cache_dir
 
 

@@ -1,19 +1,23 @@
 """Schemas, readers and writers of the stage caches; the only place that knows a file name,
 an HDF5 path or a column name.
 
-Every writer is atomic: it writes ``<name>.tmp`` beside the target and renames at the end, so a
-failed or interrupted stage leaves either the previous complete file or nothing.
+Every writer is atomic: it writes a uniquely named ``<name>.<pid>-<random>.tmp`` beside the target
+and renames at the end (several outputs of one stage as one unit, through a commit journal), so a
+failed, interrupted or concurrent stage leaves either the previous complete files or nothing; a
+stage holds an advisory lock (``.<name>.lock``) while it writes. Every stage file records its
+lineage (see "Lineage" below).
 
 Segment database (written by ``resail decompose``)
 -------------------------------------------------
 ``segments.parquet`` — one row per segment, ``segment_id`` dense 0..N-1 in row order:
     segment_id int64, image_id string, split string, class_id int32, is_thing bool,
-    y0, x0, y1, x1 int32 (half-open box, original pixels), area int64 (mask pixels),
+    y0, x0, y1, x1 int32 (half-open box, working-resolution pixels), area int64 (mask pixels),
     box_area int64 ((y1-y0)·(x1-x0)), norm_area int32 (pixels of the S×S normalised mask),
-    source string ('instance' | 'component'), candidate bool (retrieval database row).
+    source string ('instance' | 'component'), candidate bool (retrieval database row),
+    query bool (False: pruned per image, gets no guidance).
 ``images.parquet`` — one row per decomposed image:
-    image_id string, split string, height int32, width int32, first_segment int64,
-    n_segments int32, has_instances bool.
+    image_id string, split string, height int32, width int32 (working resolution), first_segment int64,
+    n_segments int32, has_instances bool, source_height, source_width int32 (size on disk).
 ``segments.h5``:
     /norm_masks   uint8 [N, S*S/8]  np.packbits of the row-major S×S normalised mask; attr mask_size
     /crop_png     uint8 [B]         one PNG file per segment, concatenated: the box-sized crop as RGBA,
@@ -21,15 +25,23 @@ Segment database (written by ``resail decompose``)
     /crop_offsets int64 [N+1]       byte offset of each segment's PNG in /crop_png
     PNG keeps the database small and lets the workers compress in parallel; any PNG reader can
     open a crop (``SegmentDB.crop`` decodes it).
-    root attrs: schema_version, n_segments, mask_size, min_area, preserved_ratio, db_split,
-    dataset_format, data_root, classes (ClassMeta JSON).
+    root attrs: schema_version, n_segments, mask_size, min_area, preserved_ratio, pruning, db_split,
+    dataset_format, data_root, adapter_options (JSON), resize ('HxW', 'S' or '' = original),
+    classes (ClassMeta JSON).
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
+import hashlib
 import json
 import os
+import secrets
+import socket
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -43,9 +55,9 @@ import pyarrow.parquet as pq
 
 from pipeline.datasets import open_dataset
 from pipeline.datasets.base import ClassMeta, DatasetAdapter, SampleRef
-from pipeline.errors import CacheError, DataError
+from pipeline.errors import BusyError, CacheError, ConfigError, DataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # 2: lineage record in all three files, /image_digests; 3: query flag, source size, adapter options, resize
 SEGMENTS_PARQUET = "segments.parquet"
 IMAGES_PARQUET = "images.parquet"
 SEGMENTS_H5 = "segments.h5"
@@ -56,11 +68,12 @@ SEGMENT_SCHEMA = pa.schema([
     ("class_id", pa.int32()), ("is_thing", pa.bool_()),
     ("y0", pa.int32()), ("x0", pa.int32()), ("y1", pa.int32()), ("x1", pa.int32()),
     ("area", pa.int64()), ("box_area", pa.int64()), ("norm_area", pa.int32()),
-    ("source", pa.string()), ("candidate", pa.bool_()),
+    ("source", pa.string()), ("candidate", pa.bool_()), ("query", pa.bool_()),
 ])
 IMAGE_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("split", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
     ("first_segment", pa.int64()), ("n_segments", pa.int32()), ("has_instances", pa.bool_()),
+    ("source_height", pa.int32()), ("source_width", pa.int32()),
 ])
 
 _H5_CHUNK = 1 << 18  # elements per chunk of the flat crop arrays
@@ -68,31 +81,168 @@ _H5_OPTS = dict(compression="gzip", compression_opts=1, track_times=False)
 
 
 # --------------------------------------------------------------------------- atomic writes
+LOCK_WAIT_ENV = "RESAIL_LOCK_WAIT"  # seconds a writer waits for a busy stage lock (default 0: refuse)
+
+
 def tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
+    """A fresh temp name beside ``path``, unique per call: ``<name>.<pid>-<random>.tmp``.
+
+    Unique names mean two writers never share (or delete) each other's half-written file."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def lock_path(path: Path) -> Path:
+    """The advisory lock file of the stage whose (first) output is ``path``: ``.<name>.lock``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def _journal_path(path: Path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.commit")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmps(path: Path) -> None:
+    """Delete temp files of ``path`` left by killed writers (their pid is gone; the legacy fixed
+    ``<name>.tmp`` too). Runs under the stage lock, so no live locked writer owns them."""
+    legacy = path.with_name(path.name + ".tmp")
+    legacy.unlink(missing_ok=True)
+    for t in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        pid = t.name[len(path.name) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            t.unlink(missing_ok=True)
+
+
+def finish_interrupted_commit(path: Path) -> bool:
+    """Complete a multi-file commit that was killed between its renames (roll forward).
+
+    A multi-file writer first writes ``.<first output>.commit`` (the temp → target pairs, after every
+    temp is complete), then renames, then deletes the journal; so a journal on disk means "these
+    temps are whole and must all be published". Readers and the next writer call this before they
+    look at the files; it is idempotent and safe to race (a rename already done is skipped)."""
+    j = _journal_path(path)
+    try:
+        pairs = json.loads(j.read_text())["renames"]
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError):
+        j.unlink(missing_ok=True)  # a torn journal: its renames never started (it is written atomically)
+        return False
+    for t, p in pairs:
+        t, p = path.parent / t, path.parent / p
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(t, p)
+    j.unlink(missing_ok=True)
+    return True
+
+
+def _holder(lock_file: Path) -> str:
+    try:
+        info = json.loads(lock_file.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "another process"
+    return f"pid {info.get('pid')} on {info.get('host')} (`{info.get('command')}`) since {info.get('since')}"
 
 
 @contextlib.contextmanager
-def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
-    """Yield temp paths for ``paths``; rename all of them at the end, delete them on failure."""
+def stage_lock(path: Path, wait: float | None = None) -> Iterator[None]:
+    """Hold the advisory (``fcntl.flock``) lock of the stage that writes ``path``.
+
+    A second writer of the same output waits up to ``wait`` seconds (default: ``$RESAIL_LOCK_WAIT``,
+    else 0) and then refuses with one line naming the holder (pid, host, command, start time). The
+    kernel drops the lock when the holder dies, so a killed run never leaves the stage locked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if wait is None:
+        try:
+            wait = float(os.environ.get(LOCK_WAIT_ENV, "0") or 0)
+        except ValueError:
+            raise ConfigError(None, f"${LOCK_WAIT_ENV} must be a number of seconds") from None
+    lf = lock_path(path)
+    fd = os.open(lf, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + max(0.0, wait)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BusyError(path, f"another run is writing it: {_holder(lf)}; wait for it to finish "
+                                          f"(or set {LOCK_WAIT_ENV}=SECONDS to wait)") from None
+                time.sleep(0.1)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
+                "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: Path, lock: bool = True) -> Iterator[list[Path]]:
+    """Yield fresh temp paths for ``paths`` and publish them together at the end; delete them on failure.
+
+    * Temp names are unique per writer (:func:`tmp_path`), so concurrent runs never mix bytes.
+    * ``lock``: hold the stage lock of ``paths[0]`` (:func:`stage_lock`) for the whole write, so a
+      second writer of the same outputs refuses (or waits) instead of racing. Previews and small
+      side files pass ``lock=False``.
+    * Several outputs are one unit: a journal listing the renames is written once every temp is
+      complete, then the renames run, then the journal goes (see :func:`finish_interrupted_commit`),
+      so a kill between two renames is rolled forward by the next reader or writer, never left as a
+      new file beside an old one.
+    """
     paths = [Path(p) for p in paths]
-    tmps = [tmp_path(p) for p in paths]
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
-    for t in tmps:
-        t.unlink(missing_ok=True)
-    try:
-        yield tmps
-    except BaseException:
-        for t in tmps:
-            t.unlink(missing_ok=True)
-        raise
-    for t, p in zip(tmps, paths):
-        os.replace(t, p)
+    with stage_lock(paths[0]) if lock else contextlib.nullcontext():
+        if lock:
+            finish_interrupted_commit(paths[0])
+            for p in paths:
+                _remove_stale_tmps(p)
+        tmps = [tmp_path(p) for p in paths]
+        try:
+            yield tmps
+        except BaseException:
+            for t in tmps:
+                t.unlink(missing_ok=True)
+            raise
+        if len(paths) > 1:
+            same_dir = all(t.parent == paths[0].parent and p.parent == paths[0].parent for t, p in zip(tmps, paths))
+            if same_dir:
+                j = _journal_path(paths[0])
+                jt = tmp_path(j)
+                with open(jt, "w") as fh:
+                    json.dump({"renames": [[t.name, p.name] for t, p in zip(tmps, paths)]}, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(jt, j)
+                finish_interrupted_commit(paths[0])
+                return
+        for t, p in zip(tmps, paths):
+            os.replace(t, p)
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    with atomic_outputs(path) as (tmp,):
+    with atomic_outputs(path, lock=False) as (tmp,):
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
@@ -142,7 +292,7 @@ class SegmentWriter:
                                            chunks=(_H5_CHUNK,), track_times=False)
         self._attrs = dict(attrs)
         self._offsets = [0]
-        self._cols: dict[str, list] = {f.name: [] for f in SEGMENT_SCHEMA if f.name != "candidate"}
+        self._cols: dict[str, list] = {f.name: [] for f in SEGMENT_SCHEMA if f.name not in ("candidate", "query")}
         self._imgs: dict[str, list] = {f.name: [] for f in IMAGE_SCHEMA}
         self._buf_masks: list[np.ndarray] = []
         self._buf_png: list[bytes] = []
@@ -153,9 +303,11 @@ class SegmentWriter:
         return len(self._cols["segment_id"])
 
     def add_image(self, image_id: str, split: str, height: int, width: int, has_instances: bool,
-                  rows: list[dict], packed_masks: np.ndarray, crop_pngs: list[bytes]) -> None:
+                  rows: list[dict], packed_masks: np.ndarray, crop_pngs: list[bytes],
+                  source_size: tuple[int, int] | None = None) -> None:
         """Append one image's segments (``rows`` hold the scalar columns of SEGMENT_SCHEMA,
-        ``crop_pngs`` the :func:`encode_crop` bytes)."""
+        ``crop_pngs`` the :func:`encode_crop` bytes). ``height``/``width``: the working resolution;
+        ``source_size``: (H, W) on disk before ``--resize`` (default: the same)."""
         first = self.n_segments
         for k, r in enumerate(rows):
             self._cols["segment_id"].append(first + k)
@@ -165,7 +317,9 @@ class SegmentWriter:
                 self._cols[name].append(r[name])
             self._offsets.append(self._offsets[-1] + len(crop_pngs[k]))
         for name, v in (("image_id", image_id), ("split", split), ("height", height), ("width", width),
-                        ("first_segment", first), ("n_segments", len(rows)), ("has_instances", has_instances)):
+                        ("first_segment", first), ("n_segments", len(rows)), ("has_instances", has_instances),
+                        ("source_height", (source_size or (height, width))[0]),
+                        ("source_width", (source_size or (height, width))[1])):
             self._imgs[name].append(v)
         if rows:
             self._buf_masks.append(packed_masks)
@@ -186,22 +340,36 @@ class SegmentWriter:
             self._append(self._png, np.frombuffer(b"".join(self._buf_png), dtype=np.uint8))
         self._buf_masks, self._buf_png, self._buf_bytes = [], [], 0
 
-    def finish(self, candidate: np.ndarray, segments_parquet: Path, images_parquet: Path) -> None:
-        """Flush, write offsets/attrs and the two Parquet tables (all to the given temp paths)."""
+    def finish(self, candidate: np.ndarray, segments_parquet: Path, images_parquet: Path,
+               lineage: "Lineage | None" = None, digests: list[str] | None = None,
+               query: np.ndarray | None = None) -> None:
+        """Flush, write offsets/attrs and the two Parquet tables (all to the given temp paths).
+        ``lineage`` goes into all three files, ``digests`` (one per image) into ``/image_digests``."""
         self._flush()
         self._f.create_dataset("crop_offsets", data=np.asarray(self._offsets, dtype=np.int64), track_times=False)
+        if digests is not None:
+            self._f.create_dataset("image_digests", data=np.asarray(digests, dtype="S32"), track_times=False)
         for k, v in {**self._attrs, "schema_version": SCHEMA_VERSION, "n_segments": self.n_segments,
                      "mask_size": self.mask_size}.items():
             self._f.attrs[k] = v
+        if lineage is not None:
+            self._f.attrs[LINEAGE_ATTR] = lineage.to_json()
         self._f.close()
-        cols = {**self._cols, "candidate": np.asarray(candidate, dtype=bool)}
-        write_parquet(pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in SEGMENT_SCHEMA},
-                               schema=SEGMENT_SCHEMA), segments_parquet)
-        write_parquet(pa.table({f.name: pa.array(self._imgs[f.name], type=f.type) for f in IMAGE_SCHEMA},
-                               schema=IMAGE_SCHEMA), images_parquet)
+        cols = {**self._cols, "candidate": np.asarray(candidate, dtype=bool),
+                "query": np.ones(self.n_segments, dtype=bool) if query is None else np.asarray(query, dtype=bool)}
+        seg_t = pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in SEGMENT_SCHEMA}, schema=SEGMENT_SCHEMA)
+        img_t = pa.table({f.name: pa.array(self._imgs[f.name], type=f.type) for f in IMAGE_SCHEMA}, schema=IMAGE_SCHEMA)
+        if lineage is not None:
+            seg_t, img_t = with_lineage(seg_t, lineage), with_lineage(img_t, lineage)
+        write_parquet(seg_t, segments_parquet)
+        write_parquet(img_t, images_parquet)
 
     def columns(self) -> dict[str, list]:
         return self._cols
+
+    def segments_per_image(self) -> list[int]:
+        """``n_segments`` of every image added so far, in order (groups the rows per image)."""
+        return list(self._imgs["n_segments"])
 
     def close(self) -> None:
         if self._f.id.valid:
@@ -226,9 +394,11 @@ class SegmentDB:
     def open(cls, cache_dir: str | Path) -> "SegmentDB":
         cache_dir = Path(cache_dir)
         seg_p, img_p, h5_p = cache_dir / SEGMENTS_PARQUET, cache_dir / IMAGES_PARQUET, cache_dir / SEGMENTS_H5
+        finish_interrupted_commit(h5_p)  # a decompose killed between its renames (see atomic_outputs)
         for p in (seg_p, img_p, h5_p):
             if not p.is_file():
                 raise CacheError(p, "missing (run `resail decompose` first)")
+        segments_lineage(cache_dir)  # same decompose run in all three files, current schema
         segments = _read_parquet(seg_p, SEGMENT_SCHEMA)
         images = _read_parquet(img_p, IMAGE_SCHEMA)
         try:
@@ -300,15 +470,35 @@ class SegmentDB:
 
     # -- the dataset it was decomposed from
     def open_adapter(self, fmt: str | None = None, data_root: str | Path | None = None) -> DatasetAdapter:
-        """The adapter of the dataset ``resail decompose`` read; ``fmt``/``data_root`` override the
-        recorded ones (a moved dataset)."""
+        """The adapter of the dataset ``resail decompose`` read, with the adapter options and the
+        working resolution it recorded (so every sample comes as decompose saw it); ``fmt``/``data_root``
+        override the recorded ones (a moved dataset)."""
         attrs = self.attrs
         fmt, data_root = fmt or attrs.get("dataset_format"), data_root or attrs.get("data_root")
         if not fmt or not data_root:
             raise DataError(self.cache_dir / SEGMENTS_H5, "no dataset format/root recorded; pass --format and --data-root")
         if not Path(data_root).is_dir():
             raise DataError(data_root, "dataset root does not exist or is not a folder (moved? pass --data-root)")
-        return open_dataset(fmt, data_root)
+        return open_dataset(fmt, data_root, self.adapter_options, self.resize or None)
+
+    @property
+    def adapter_options(self) -> dict[str, str]:
+        """Adapter options decompose used (h5 attr ``adapter_options``, JSON), e.g. ``{"label_space": "label-ids"}``."""
+        raw = self.attrs.get("adapter_options") or "{}"
+        try:
+            opts = json.loads(raw)
+        except json.JSONDecodeError:
+            raise CacheError(self.cache_dir / SEGMENTS_H5, "attr adapter_options is not JSON") from None
+        return {str(k): str(v) for k, v in opts.items()}
+
+    @property
+    def resize(self) -> str:
+        """The working resolution decompose used (h5 attr ``resize``): ``HxW``, ``S`` or ``""`` (original)."""
+        return str(self.attrs.get("resize", "") or "")
+
+    def query_flags(self) -> np.ndarray:
+        """Per segment, whether it is a retrieval query (False: pruned per image, gets no guidance)."""
+        return self.col("query").astype(bool)
 
     def sample_refs(self, adapter: DatasetAdapter, rows: list[dict] | None = None) -> list[SampleRef]:
         """The adapter's sample of each ``images.parquet`` row (all rows by default), in row order.
@@ -411,6 +601,8 @@ def write_retrieval(columns: dict[str, np.ndarray], path: Path, params: dict) ->
     table = pa.table({f.name: pa.array(np.asarray(columns[f.name]), type=f.type) for f in RETRIEVAL_SCHEMA},
                      schema=RETRIEVAL_SCHEMA)
     table = table.replace_schema_metadata({"resail": json.dumps(params, sort_keys=True)})
+    # Lineage: the segment database it was computed from (same folder) + the retrieval params.
+    table = with_lineage(table, make_lineage("retrieve", {"segments": segments_lineage(Path(path).parent).id}, params))
     with atomic_outputs(path) as (tmp,):
         write_parquet(table, tmp)
 
@@ -420,6 +612,7 @@ def read_retrieval(cache_dir: str | Path, n_segments: int | None = None) -> tupl
     path = Path(cache_dir) / RETRIEVAL_PARQUET
     if not path.is_file():
         raise CacheError(path, "missing (run `resail retrieve` first)")
+    retrieval_lineage(cache_dir)  # built from the segment database now in cache_dir
     table = _read_parquet(path, RETRIEVAL_SCHEMA)
     meta = table.schema.metadata or {}
     params = json.loads(meta.get(b"resail", b"{}"))
@@ -433,22 +626,240 @@ def read_retrieval(cache_dir: str | Path, n_segments: int | None = None) -> tupl
 
 # --------------------------------------------------------------------------- guidance images
 GUIDANCE_H5 = "guidance.h5"
-"""``guidance.h5`` — per image ``/<split>/<image_id>`` uint8 H×W×3 (composite guidance at
-label-map resolution) and ``/<split>/<image_id>__valid`` bool H×W (pixels that were pasted).
-Root attrs: rank (or 'per-segment'), n_images."""
+GUIDANCE_SCHEMA_VERSION = 2  # 2: escaped keys, valid maps under "<key>@valid", lineage attrs
+"""``guidance.h5`` — per image ``image_key(split, id)`` uint8 H×W×3 (composite guidance at
+label-map resolution) and ``valid_key(split, id)`` bool H×W (pixels that were pasted).
+Root attrs: schema_version, lineage, rank (or 'per-segment'), n_images."""
 
 # --------------------------------------------------------------------------- distortions
 DISTORTIONS_H5 = "distortions.h5"
-"""``distortions.h5`` — per training image ``/<split>/<image_id>`` uint8 [K, H, W, 3]."""
+DISTORTIONS_SCHEMA_VERSION = 2  # 2: escaped keys, lineage attrs (h5 and parquet)
+"""``distortions.h5`` — per training image ``image_key(split, id)`` uint8 [K, H, W, 3]."""
+
+_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def escape_key(name: str) -> str:
+    """One HDF5 path component from any split or image id, reversibly: bytes outside
+    ``[A-Za-z0-9_.-]`` become ``%XX`` and a leading ``.`` too, so ``/``, ``.``, ``..``, ``@`` and
+    ``%`` can never form another path, a parent link or a ``@valid`` suffix."""
+    out = []
+    for i, ch in enumerate(name):
+        if ch in _KEY_SAFE and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out) or "%"
 
 
 def image_key(split: str, image_id: str) -> str:
-    """HDF5 path of one image's dataset in guidance.h5 / distortions.h5."""
-    return f"/{split}/{image_id}"
+    """HDF5 path of one image's dataset in guidance.h5 / distortions.h5 (ids escaped)."""
+    return f"/{escape_key(split)}/{escape_key(image_id)}"
 
 
 def valid_key(split: str, image_id: str) -> str:
-    return f"/{split}/{image_id}__valid"
+    """HDF5 path of one image's valid map in guidance.h5: ``@`` never occurs in an escaped id."""
+    return image_key(split, image_id) + "@valid"
+
+
+# --------------------------------------------------------------------------- lineage
+"""Lineage: every stage file records what it was built from, and every reader checks it.
+
+``lineage`` (an HDF5 root attr, or the Parquet metadata key ``resail_lineage``) is the JSON
+``{"stage", "id", "inputs"}``: ``inputs`` maps each upstream ("dataset", "segments", "retrieval")
+to the id recorded in that upstream's files when this file was built, and ``id`` =
+:func:`lineage_id` of (stage, inputs, stage params). The segment database's only input is the
+dataset's content digest (a hash of every image/label/instance file it kept); its per-image
+digests are kept in ``segments.h5:/image_digests`` so that compose can tell an edited label.
+A reader compares the recorded inputs with the upstream files now on disk: a difference is one
+line naming the stage to rerun; a file without lineage (an older version) asks to rebuild it.
+All files of one stage carry the same id, so a mix of two runs is caught as well.
+"""
+LINEAGE_ATTR = "lineage"
+LINEAGE_META = b"resail_lineage"
+STAGE_FILES = {"dataset": "the dataset", "segments": SEGMENTS_H5, "retrieval": RETRIEVAL_PARQUET}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    stage: str
+    id: str
+    inputs: dict
+
+    def to_json(self) -> str:
+        return json.dumps({"stage": self.stage, "id": self.id, "inputs": self.inputs}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Lineage":
+        d = json.loads(text)
+        return cls(str(d["stage"]), str(d["id"]), {str(k): str(v) for k, v in dict(d["inputs"]).items()})
+
+
+def lineage_id(stage: str, inputs: dict, params: dict) -> str:
+    """Content id of a stage output: a hash of its upstream ids and its parameters (sorted JSON)."""
+    blob = json.dumps({"stage": stage, "inputs": inputs, "params": params}, sort_keys=True, default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+
+
+def make_lineage(stage: str, inputs: dict, params: dict) -> Lineage:
+    return Lineage(stage, lineage_id(stage, inputs, params), dict(inputs))
+
+
+def file_digest(path: Path | None, h=None):
+    """blake2b of a file's bytes (streamed); ``None`` hashes as "absent"."""
+    h = h or hashlib.blake2b(digest_size=16)
+    if path is None:
+        h.update(b"\0absent\0")
+        return h
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise DataError(path, f"cannot be read ({e.strerror or e})") from None
+    h.update(b"\0eof\0")
+    return h
+
+
+def sample_digest(ref: SampleRef) -> str:
+    """Content digest of one sample's files (image, label, instance map)."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in (ref.image, ref.label, ref.instance):
+        file_digest(p, h)
+    return h.hexdigest()
+
+
+def dataset_digest(items: list[tuple[str, str, str]]) -> str:
+    """Digest of a whole dataset from its (split, image_id, sample digest) triples, order-free."""
+    return lineage_id("dataset", {}, {"samples": sorted(items)})
+
+
+def stamp_h5(f: h5py.File, lineage: Lineage, schema_version: int) -> None:
+    """Record lineage and schema version in an HDF5 file being written."""
+    f.attrs["schema_version"] = int(schema_version)
+    f.attrs[LINEAGE_ATTR] = lineage.to_json()
+
+
+def with_lineage(table: pa.Table, lineage: Lineage) -> pa.Table:
+    """The table with ``lineage`` added to its Parquet metadata (other keys kept)."""
+    meta = dict(table.schema.metadata or {})
+    meta[LINEAGE_META] = lineage.to_json().encode()
+    return table.replace_schema_metadata(meta)
+
+
+def _rebuild(stage: str) -> str:
+    return f"rebuild with `resail {stage}`"
+
+
+def read_lineage(path: Path) -> Lineage | None:
+    """The lineage recorded in an ``.h5`` or ``.parquet`` stage file (``None``: none recorded)."""
+    path = Path(path)
+    finish_interrupted_commit(path)
+    if not path.is_file():
+        raise CacheError(path, "missing")
+    try:
+        if path.suffix == ".parquet":
+            raw = (pq.read_schema(path).metadata or {}).get(LINEAGE_META)
+        else:
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get(LINEAGE_ATTR)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise CacheError(path, f"not a readable {path.suffix[1:].upper()} file ({e})") from None
+    if raw is None:
+        return None
+    try:
+        return Lineage.from_json(raw)
+    except (ValueError, KeyError, TypeError):
+        raise CacheError(path, "corrupt lineage record") from None
+
+
+def require_lineage(path: Path, stage: str) -> Lineage:
+    lin = read_lineage(path)
+    if lin is None:
+        raise CacheError(path, f"written by an older version (no lineage record): {_rebuild(stage)}")
+    return lin
+
+
+def check_inputs(path: Path, stage: str, lineage: Lineage, current: dict) -> None:
+    """``current``: {upstream name: its Lineage now on disk}; any recorded input that differs is stale."""
+    for name, up in current.items():
+        rec = lineage.inputs.get(name)
+        if rec != up.id:
+            raise CacheError(path, f"was built from another {STAGE_FILES.get(name, name)} "
+                                   f"(recorded {rec or 'none'}, now {up.id}): rerun `resail {stage}`")
+
+
+def segments_lineage(cache_dir: str | Path) -> Lineage:
+    """The segment database's lineage, checked to be the same in its three files (one decompose run)."""
+    cache_dir = Path(cache_dir)
+    h5_lin = require_lineage(cache_dir / SEGMENTS_H5, "decompose")
+    for name in (SEGMENTS_PARQUET, IMAGES_PARQUET):
+        other = require_lineage(cache_dir / name, "decompose")
+        if other.id != h5_lin.id:
+            raise CacheError(cache_dir / name, f"comes from another decompose run than {SEGMENTS_H5} "
+                                               f"(interrupted or mixed copy): {_rebuild('decompose')}")
+    return h5_lin
+
+
+def retrieval_lineage(cache_dir: str | Path, segments: Lineage | None = None) -> Lineage:
+    """``retrieval.parquet``'s lineage, checked against the segment database now on disk."""
+    cache_dir = Path(cache_dir)
+    path = cache_dir / RETRIEVAL_PARQUET
+    if not path.is_file():
+        raise CacheError(path, "missing (run `resail retrieve` first)")
+    lin = require_lineage(path, "retrieve")
+    check_inputs(path, "retrieve", lin, {"segments": segments or segments_lineage(cache_dir)})
+    return lin
+
+
+STAGE_OF = {GUIDANCE_H5: ("compose", GUIDANCE_SCHEMA_VERSION), DISTORTIONS_H5: ("distort", DISTORTIONS_SCHEMA_VERSION)}
+
+
+def check_stage_h5(path: str | Path, cache_dir: str | Path | None = None) -> Lineage:
+    """Validate ``guidance.h5`` / ``distortions.h5`` before reading it: readable (not cut), current
+    schema, and built from the segment database and retrieval now in ``cache_dir`` (default: its
+    folder). Every problem is one CacheError line saying what to rerun."""
+    path = Path(path)
+    stage, version = STAGE_OF[path.name]
+    cache_dir = Path(cache_dir) if cache_dir is not None else path.parent
+    finish_interrupted_commit(path)
+    if not path.is_file():
+        raise CacheError(path, f"missing (run `resail {stage}` first)")
+    try:
+        with h5py.File(path, "r") as f:
+            got = f.attrs.get("schema_version")
+    except OSError as e:
+        raise CacheError(path, f"not a readable HDF5 file (cut or corrupt? {_rebuild(stage)}): {e}") from None
+    if got is None or int(got) != version:
+        raise CacheError(path, f"schema version {got if got is not None else 1} (expected {version}): {_rebuild(stage)}")
+    lin = require_lineage(path, stage)
+    seg = segments_lineage(cache_dir)
+    current = {"segments": seg}
+    if "retrieval" in lin.inputs:  # distort without colour transfer does not read retrieval.parquet
+        current["retrieval"] = retrieval_lineage(cache_dir, seg)  # a stale retrieval is named first
+    check_inputs(path, stage, lin, current)
+    return lin
+
+
+def upstream_ids(cache_dir: str | Path, retrieval: bool = True) -> dict:
+    """{"segments": id[, "retrieval": id]} of the caches now in ``cache_dir``, checked against each
+    other: the ``inputs`` a new guidance/distortions file records."""
+    seg = segments_lineage(cache_dir)
+    out = {"segments": seg.id}
+    if retrieval:
+        out["retrieval"] = retrieval_lineage(cache_dir, seg).id
+    return out
+
+
+def image_digests(db: "SegmentDB") -> list[str]:
+    """Per-image content digests recorded by decompose, in ``images.parquet`` row order."""
+    path = db.cache_dir / SEGMENTS_H5
+    if "image_digests" not in db.h5:
+        raise CacheError(path, f"no /image_digests (older version): {_rebuild('decompose')}")
+    d = db.h5["image_digests"][...]
+    if d.shape != (db.images.num_rows,):
+        raise CacheError(path, f"/image_digests has {d.shape[0]} entries for {db.images.num_rows} images")
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in d]
 
 
 # --------------------------------------------------------------------------- distortion audit table

@@ -86,7 +86,7 @@ __all__ = [
     "preview",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = cache.DISTORTIONS_SCHEMA_VERSION  # 2: escaped keys + lineage (pipeline.cache)
 COLOR_TARGET_MODES = ("auto", "retrieval", "class")
 PREVIEW_DIR = "distort_preview"
 
@@ -468,9 +468,12 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
         batches: list[pa.RecordBatch] = []
         targets_mode = targets.mode if targets is not None else "none"
         h5_path, pq_path = out_dir / cache.DISTORTIONS_H5, out_dir / cache.DISTORTIONS_PARQUET
+        lineage = cache.make_lineage("distort", cache.upstream_ids(cache_dir, retrieval=targets is not None),
+                                     {"params": repr(params), "splits": wanted, "db_split": db_split})  # (helper F)
         with cache.atomic_outputs(h5_path, pq_path) as (h5_tmp, pq_tmp):
             with h5py.File(h5_tmp, "w", libver="earliest", track_order=False) as f:
-                for k, v in (("schema_version", SCHEMA_VERSION), ("seed", int(params.seed)),
+                cache.stamp_h5(f, lineage, cache.DISTORTIONS_SCHEMA_VERSION)
+                for k, v in (("seed", int(params.seed)),
                              ("variants", int(params.variants)), ("kinds", ",".join(params.kinds)),
                              ("probs", json.dumps(params.probs, sort_keys=True)),
                              ("scale_range", json.dumps(list(params.scale_range))),
@@ -496,7 +499,7 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
                 finally:
                     results.close()
             table = pa.Table.from_batches(batches, schema=cache.DISTORTION_SCHEMA).combine_chunks()
-            cache.write_parquet(table, pq_tmp)
+            cache.write_parquet(cache.with_lineage(table, lineage), pq_tmp)
     finally:
         _release_dbs(cache_dir)
     return DistortSummary(len(tasks), n_segments, params.variants, wanted, targets_mode, applied, stats_s,
@@ -518,6 +521,8 @@ def _open_distortions(path: Path) -> h5py.File:
 def read_distortions(cache_dir: str | Path, split: str, image_id: str) -> np.ndarray:
     """The ``[K, H, W, 3]`` uint8 variants of one image."""
     path = Path(cache_dir) / cache.DISTORTIONS_H5
+    if path.is_file():
+        cache.check_stage_h5(path, cache_dir)  # schema, lineage (helper F)
     with _open_distortions(path) as f:
         key = cache.image_key(split, image_id)
         if key not in f:

@@ -17,9 +17,12 @@ is loaded through the dataset adapter (for the thing/stuff maps of rules 3–4) 
   The main process only writes ``guidance.h5``, in database image order, so its bytes do not
   depend on ``jobs``/backend.
 * ``guidance.h5`` datasets: ``image_key`` uint8 H×W×3 and ``valid_key`` bool H×W, gzip level 4,
-  ``track_times=False``. Root attrs: ``rank`` (int, or ``"per-segment"`` when overrides are
-  given, then ``base_rank`` and ``overrides`` JSON too), ``n_images``, ``retrieval`` (the
-  retrieval params JSON).
+  ``track_times=False``. Root attrs: ``schema_version``, ``lineage`` (segments + retrieval ids and
+  the rank/overrides, see :mod:`pipeline.cache`), ``rank`` (int, or ``"per-segment"`` when
+  overrides are given, then ``base_rank`` and ``overrides`` JSON too), ``n_images``,
+  ``retrieval`` (the retrieval params JSON).
+* Each worker re-hashes its sample's files and compares them with the digest decompose recorded:
+  a label edited after decompose (even at the same size) is an error, not a silently wrong paste.
 """
 from __future__ import annotations
 
@@ -108,6 +111,7 @@ class ImageTask:
     width: int
     first: int  # first segment id of the image
     matches: np.ndarray  # int64 [n_segments of the image], candidate id or −1
+    digest: str = ""  # content digest of the sample's files recorded by decompose ("" = not checked)
 
 
 @dataclass
@@ -186,6 +190,10 @@ def compose_image(task: ImageTask, adapter: DatasetAdapter, cache_dir: str) -> I
             raise DataError(task.ref.label, f"label map is {w}x{h} but the segment database recorded "
                                             f"{task.width}x{task.height} for {task.split}/{task.image_id} "
                                             "(dataset changed: re-run `resail decompose`)")
+        if task.digest and cache.sample_digest(task.ref) != task.digest:
+            raise DataError(task.ref.label, f"{task.split}/{task.image_id} changed since `resail decompose` read it "
+                                            "(its files' content differs from the segment database's record): "
+                                            "rerun `resail decompose`")
         queries = reader.queries(task.first, len(task.matches))
         matches = [None if c < 0 else reader.crop(int(c)) for c in task.matches.tolist()]
         guidance, valid = compose_guidance(sample.labels, reader.meta, queries, matches)
@@ -217,6 +225,9 @@ def compose_dataset(cache_dir: str | Path, *, data_root: str | Path | None = Non
     out = cache_dir / cache.GUIDANCE_H5
     with SegmentDB.open(cache_dir) as db:
         n_seg = len(db)
+        seg_lin = cache.segments_lineage(cache_dir)
+        ret_lin = cache.retrieval_lineage(cache_dir, seg_lin)
+        digests = cache.image_digests(db)
         table, rparams = cache.read_retrieval(cache_dir, n_seg)
         check_retrieval(table, db)
         match = select_matches(table, n_seg, rank, overrides)
@@ -226,14 +237,17 @@ def compose_dataset(cache_dir: str | Path, *, data_root: str | Path | None = Non
                                           f"the segment database was built with ({db.meta.dataset})")
         rows = db.image_rows()
         tasks = []
-        for row, ref in zip(rows, db.sample_refs(adapter, rows)):
+        for row, ref, digest in zip(rows, db.sample_refs(adapter, rows), digests):
             a, n = int(row["first_segment"]), int(row["n_segments"])
             tasks.append(ImageTask(row["split"], row["image_id"], ref, int(row["height"]), int(row["width"]),
-                                   a, match[a:a + n].copy()))
+                                   a, match[a:a + n].copy(), digest))
+    lineage = cache.make_lineage("compose", {"segments": seg_lin.id, "retrieval": ret_lin.id},
+                                 {"rank": int(rank), "overrides": {str(int(k)): int(v) for k, v in (overrides or {}).items()}})
     n_matched = n_valid = n_pixels = 0
     try:
         with cache.atomic_outputs(out) as (tmp,):
             with h5py.File(tmp, "w", libver="earliest") as f:
+                cache.stamp_h5(f, lineage, cache.GUIDANCE_SCHEMA_VERSION)
                 if overrides:
                     f.attrs["rank"] = "per-segment"
                     f.attrs["base_rank"] = int(rank)
@@ -267,8 +281,7 @@ def compose_dataset(cache_dir: str | Path, *, data_root: str | Path | None = Non
 def read_guidance(cache_dir: str | Path, split: str, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """(guidance H×W×3 uint8, valid H×W bool) of one image from ``guidance.h5``."""
     path = Path(cache_dir) / cache.GUIDANCE_H5
-    if not path.is_file():
-        raise CacheError(path, "missing (run `resail compose` first)")
+    cache.check_stage_h5(path, cache_dir)
     with h5py.File(path, "r") as f:
         k, v = cache.image_key(split, image_id), cache.valid_key(split, image_id)
         if k not in f or v not in f:

@@ -96,7 +96,7 @@ def vstack(images: list[np.ndarray], gap: int = 2, background: int = 255) -> np.
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
     """Write an RGB uint8 image as PNG atomically."""
     path = Path(path)
-    with atomic_outputs(path) as (tmp,):
+    with atomic_outputs(path, lock=False) as (tmp,):  # previews: no lock files in preview folders
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
         if not ok:
             raise ResailError(path, "could not encode PNG")

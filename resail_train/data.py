@@ -220,6 +220,10 @@ class CacheDataset(Dataset):
             raise CacheError(self.guidance_path, "missing (run `resail compose` first)")
         if self.use_distortions and not self.distortions_path.is_file():
             raise CacheError(self.distortions_path, "missing (run `resail distort` first)")
+        # Lineage (pipeline.cache): the files were built from this segment DB; current schema.
+        for used, path in ((guidance == "rank0", self.guidance_path), (self.use_distortions, self.distortions_path)):
+            if used:
+                cache.check_stage_h5(path, self.cache_dir)
         if guidance == "topk":
             table, _ = cache.read_retrieval(self.cache_dir, len(self._seg_cols["y0"]))
             q = table.column("query_id").to_numpy().astype(np.int64)

@@ -83,6 +83,7 @@ def _guidance_file(cache_dir: Path) -> h5py.File | None:
     p = cache_dir / cache.GUIDANCE_H5
     if not p.is_file():
         return None
+    cache.check_stage_h5(p, cache_dir)  # cut/old/stale guidance.h5 → one line (lineage, helper F)
     try:
         f = h5py.File(p, "r")
     except OSError as e:

@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from pipeline import cache
+from pipeline.errors import CacheError
 from pipeline.visualize import colorize_labels, hstack, text_tile, vstack, write_png
 from resail_train.evaluation import METRICS_FILE, eval_image_path, read_details
 from resail_train.synthesis import Synthesizer
@@ -256,9 +257,30 @@ def _img(name: str, alt: str) -> str:
     return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
 
 
+def _check_numbers(path: Path, metrics: dict | None) -> None:
+    """The headline numbers must be numbers (or null): text in metrics.json is one error line, not
+    a traceback from the formatting below (helper F)."""
+    if not metrics:
+        return
+    pairs = [(k, metrics.get(k)) for k in ("fid", "miou", "pixel_acc")]
+    ref = metrics.get("reference")
+    if ref is not None and not isinstance(ref, dict):
+        raise CacheError(path, f"'reference' must be an object, got {ref!r:.40}")
+    pairs += [(f"reference.{k}", (ref or {}).get(k)) for k in ("miou", "pixel_acc")]
+    for name, d in (("per_class_iou", metrics.get("per_class_iou")), ("reference.per_class_iou",
+                                                                       (ref or {}).get("per_class_iou"))):
+        if d is not None and not isinstance(d, dict):
+            raise CacheError(path, f"'{name}' must be an object, got {d!r:.40}")
+        pairs += [(f"{name}.{k}", v) for k, v in (d or {}).items()]
+    for name, v in pairs:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CacheError(path, f"'{name}' must be a number or null, got {v!r:.40} (rerun `resail evaluate`)")
+
+
 def _build(syn: Synthesizer, run_dir: Path, out: Path, n_images: int, n_ranks: int, split: str | None) -> str:
     meta, db = syn.meta, syn.online.db
     metrics = _read_json(run_dir / METRICS_FILE)
+    _check_numbers(run_dir / METRICS_FILE, metrics)
     summary = _read_json(run_dir / "train_summary.json") or {}
     attrs = db.attrs
     parts: list[str] = []
@@ -328,6 +350,8 @@ def _build(syn: Synthesizer, run_dir: Path, out: Path, n_images: int, n_ranks: i
     adapter = db.open_adapter()
     refs = {r.image_id: r for r in adapter.refs(split)}
     gpath = syn.cache_dir / cache.GUIDANCE_H5
+    if gpath.is_file():
+        cache.check_stage_h5(gpath, syn.cache_dir)  # cut/old/stale file → one CacheError line (helper F)
     gfile = h5py.File(gpath, "r") if gpath.is_file() else None
     samples = []
     try:
@@ -336,7 +360,10 @@ def _build(syn: Synthesizer, run_dir: Path, out: Path, n_images: int, n_ranks: i
             s = adapter.load(refs[r["image_id"]])
             key = cache.image_key(split, r["image_id"])
             rank0 = gfile is not None and str(gfile.attrs.get("rank", 0)) == "0" and key in gfile
-            guid = gfile[key][...] if rank0 else syn.guidance(s.labels, s.instances).guidance
+            try:
+                guid = gfile[key][...] if rank0 else syn.guidance(s.labels, s.instances).guidance
+            except OSError as e:  # a damaged chunk inside an otherwise readable file
+                raise CacheError(gpath, f"cannot read {key} ({e}): rebuild with `resail compose`") from None
             ep = eval_image_path(run_dir, split, r["image_id"])
             fake = None
             if ep.is_file():

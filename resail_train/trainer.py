@@ -67,6 +67,7 @@ from resail_train.losses import (VGGLoss, balanced_cross_entropy, feature_matchi
 SAMPLES_DIR = "samples"
 LOGS_DIR = "logs"
 GENERATOR_FILE = "generator.pt"
+PREVIOUS_DIR = ".previous_run"  # a fresh start's predecessor, kept until the first new checkpoint (helper F)
 SEGNET_FILE = "segnet.pt"
 SEGNET_MULTIPLE = 64
 
@@ -488,6 +489,7 @@ class Trainer:
 
     def _save(self, keep: bool) -> Path:
         paths = ckpt.save_training_checkpoint(self.run_dir, self.state_dict(), self.step, keep)
+        self._drop_previous()  # this run now has a checkpoint of its own
         return paths[0]
 
     def _write_generator(self) -> Path:
@@ -498,13 +500,41 @@ class Trainer:
                "cache_dir": str(self.cache_dir), "state_dict": g.state_dict()}
         return ckpt.save_atomic(obj, self.run_dir / GENERATOR_FILE)
 
+    # -- a fresh start never destroys the previous run before it has a run of its own (issue 14; helper F)
+    def _run_outputs(self) -> tuple[str, ...]:
+        return (ckpt.CHECKPOINT_DIR, SAMPLES_DIR, LOGS_DIR, GENERATOR_FILE, "train_summary.json", "config.yaml")
+
     def _fresh_run_dir(self) -> None:
-        for sub in (ckpt.CHECKPOINT_DIR, SAMPLES_DIR, LOGS_DIR):
-            p = self.run_dir / sub
-            if p.is_dir():
-                shutil.rmtree(p)
-        for f in (GENERATOR_FILE, "train_summary.json"):
-            (self.run_dir / f).unlink(missing_ok=True)
+        """Move the previous run's outputs into ``RUN/.previous_run/``: they are deleted once this run
+        has written its first checkpoint (:meth:`_save`) and put back when it fails before that
+        (:meth:`run`; or by the next start after a kill), so a bad rerun never costs the old run."""
+        prev = self.run_dir / PREVIOUS_DIR
+        for name in self._run_outputs():
+            p = self.run_dir / name
+            if p.exists():
+                prev.mkdir(parents=True, exist_ok=True)
+                os.replace(p, prev / name)
+        self._previous = prev if prev.is_dir() else None
+
+    def _restore_previous(self) -> None:
+        """Put ``.previous_run`` back (the outputs of the failed/killed start are discarded)."""
+        prev = self.run_dir / PREVIOUS_DIR
+        if prev.is_dir():
+            for name in self._run_outputs():
+                src, dst = prev / name, self.run_dir / name
+                if src.exists():
+                    if dst.is_dir():
+                        shutil.rmtree(dst)
+                    elif dst.exists():
+                        dst.unlink()
+                    os.replace(src, dst)
+            shutil.rmtree(prev, ignore_errors=True)
+        self._previous = None
+
+    def _drop_previous(self) -> None:
+        if getattr(self, "_previous", None) is not None:
+            shutil.rmtree(self._previous, ignore_errors=True)
+            self._previous = None
 
     def _open_live(self, resume: bool):
         try:
@@ -517,6 +547,10 @@ class Trainer:
     def run(self) -> TrainResult:
         try:
             return self._run()
+        except BaseException:
+            if getattr(self, "_previous", None) is not None:
+                self._restore_previous()  # failed before its first checkpoint: the old run comes back
+            raise
         finally:
             if self._det_prev is not None:
                 torch.use_deterministic_algorithms(self._det_prev[0])
@@ -531,6 +565,10 @@ class Trainer:
     def _run(self) -> TrainResult:
         self._setup()
         cfg, opts, main = self.cfg, self.opts, self.dist.is_main
+        if main and (self.run_dir / PREVIOUS_DIR).is_dir() and ckpt.latest_checkpoint(self.run_dir) is None:
+            self._restore_previous()  # an earlier fresh start was killed before its first checkpoint
+        elif main and (self.run_dir / PREVIOUS_DIR).is_dir():
+            shutil.rmtree(self.run_dir / PREVIOUS_DIR, ignore_errors=True)  # killed right after its first one
         latest = ckpt.latest_checkpoint(self.run_dir)
         if opts.resume and latest is not None:
             self.load_state_dict(ckpt.load_checkpoint(latest), latest)

@@ -74,6 +74,16 @@ class VGG19Features(nn.Module):
         return out
 
 
+def _one_line(err: Exception) -> str:
+    """The telling line of a (multi-line) torch.load error: the unpickler's reason when there is
+    one (e.g. "Unsupported global: …" for a pickle that is not plain tensors), else the first line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if "WeightsUnpickler error" in ln or ln.startswith("Unsupported"):
+            return ln
+    return lines[0] if lines else type(err).__name__
+
+
 def load_vgg19(path: str | Path, normalize_input: bool = True) -> VGG19Features:
     """Frozen :class:`VGG19Features` in eval mode from a torchvision-format VGG19 state dict.
 
@@ -89,7 +99,7 @@ def load_vgg19(path: str | Path, normalize_input: bool = True) -> VGG19Features:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read is a config problem
-        raise ConfigError(path, f"cannot read VGG19 weights: {type(err).__name__}: {err}") from None
+        raise ConfigError(path, f"cannot read VGG19 weights: {type(err).__name__}: {_one_line(err)}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

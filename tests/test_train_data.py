@@ -79,6 +79,10 @@ def write_fake_stage_outputs(cache_dir: Path, root: Path, variants: int = 2, gui
             if r["split"] == "train":
                 var = [img if guidance == "image" else img // (k + 2) for k in range(variants)]
                 d.create_dataset(cache.image_key(r["split"], r["image_id"]), data=np.stack(var))
+        # Declare them built from this segment DB (readers check lineage and schema, see pipeline.cache).
+        up = cache.upstream_ids(cache_dir, retrieval=False)
+        cache.stamp_h5(g, cache.make_lineage("compose", up, {"fake": guidance}), cache.GUIDANCE_SCHEMA_VERSION)
+        cache.stamp_h5(d, cache.make_lineage("distort", up, {"fake": guidance}), cache.DISTORTIONS_SCHEMA_VERSION)
 
 
 @pytest.fixture(scope="module")
