@@ -26,6 +26,10 @@ without guidance are black, i.e. -1).
 Choice where the paper is vague: the stride-2 semantic conv uses padding 1 (the released code uses
 none) so the layer also works on the 1×1/2×2 maps of tiny test generators; after the global pool
 this changes only border contributions.
+
+The other Table-3 variants (``spade_plus``, ``pix2pixhd_plus``, ``sean_plus``) are sibling modules
+in :mod:`resail_train.norms`, built on the pieces here (:class:`ModulatedNorm`, :class:`CoarseBranch`,
+:func:`mix`, the resizers); ``RESAIL_VARIANT`` / ``SPADE_VARIANT`` register these two layers there.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from resail_train.norms import NORM_NAMES  # torch-free: the names only
 from stages.params import Params
 
 
@@ -84,15 +85,18 @@ def bench_online(data_root, images, size, repeat) -> None:
 @click.option("--steps", type=int, default=10, show_default=True, help="timed steps per generator kind")
 @click.option("--set", "overrides", multiple=True, help="config override KEY=VALUE")
 @click.option("--vgg-weights", default=None, help="VGG19 state dict (paper configs need it)")
+@click.option("--norm", "norms", multiple=True, type=click.Choice(NORM_NAMES), help="model.norm variant to time against SPADE (repeatable) "
+              "[default: resail]")
 @click.pass_obj
-def bench_train(p: Params, cache_dir, config, device, steps, overrides, vgg_weights) -> None:
-    """Step time of RESAIL vs plain SPADE at the same size, and the data-wait fraction of the cache loader."""
+def bench_train(p: Params, cache_dir, config, device, steps, overrides, vgg_weights, norms) -> None:
+    """Step time of RESAIL (or each --norm variant) vs plain SPADE at the same size, and the data-wait fraction."""
     from benchmarks.train import run_train_bench
 
     if cache_dir is None and p.get("dataset", "name"):
         cand = p.dataset_cache(None)
         cache_dir = cand if (cand / "segments.h5").exists() else None
-    run_train_bench(cache_dir, config, device, steps, overrides=overrides, vgg_weights=vgg_weights)
+    run_train_bench(cache_dir, config, device, steps, overrides=overrides, vgg_weights=vgg_weights,
+                    norms=norms or ("resail",))
 
 
 @command.command("synthesize")

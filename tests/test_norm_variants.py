@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
@@ -25,18 +24,8 @@ from resail_train.norms.pix2pixhd_plus import ConcatConvNorm
 from resail_train.norms.sean_plus import (PerClassLinear, RegionStyleEncoder, SEANPlusNorm, broadcast_codes,
                                           region_average)
 from resail_train.norms.spade_plus import SPADEPlusNorm
-
-GUIDED = [n for n in NORM_NAMES if n != "spade"]
-
-
-def onehot(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    lab = torch.randint(0, c, (b, h, w), generator=g)
-    return F.one_hot(lab, c).permute(0, 3, 1, 2).float()
-
-
-def rand(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+from tests.test_models import onehot, rand
+from tests.test_trainer import tensors_equal
 
 
 @pytest.fixture(autouse=True)
@@ -239,16 +228,6 @@ def variant_cache(tmp_path_factory) -> Path:
                             guidance="shifted", variants=1)
 
 
-def _states_equal(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_states_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_states_equal(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 @pytest.mark.parametrize("norm", NORM_NAMES)
 def test_variant_trains_resumes_synthesises_and_edits(norm, variant_cache, tmp_path):
     from resail_train.synthesis import Synthesizer
@@ -267,7 +246,7 @@ def test_variant_trains_resumes_synthesises_and_edits(norm, variant_cache, tmp_p
     a = torch.load(tmp_path / "a" / "checkpoints" / "latest.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoints" / "latest.pt", weights_only=True)
     for part in ("models", "optimizers", "schedulers"):
-        assert _states_equal(a[part], b[part]), part
+        assert tensors_equal(a[part], b[part]), part
     assert a["config"]["model"]["norm"] == norm
     losses = json.loads((tmp_path / "a" / "logs" / "metrics.json").read_text())["train"]
     assert all(np.isfinite(v) for v in losses.values() if isinstance(v, (int, float)))
@@ -275,7 +254,7 @@ def test_variant_trains_resumes_synthesises_and_edits(norm, variant_cache, tmp_p
     # the generator file records the variant: Synthesizer rebuilds it without being told
     with Synthesizer.load(tmp_path / "a", variant_cache, device="cpu") as syn:
         assert syn.G.norm_kind == norm
-        assert _states_equal(syn.G.state_dict(), a["models"]["G"])
+        assert tensors_equal(syn.G.state_dict(), a["models"]["G"])
         lab, inst = toy_label_map(np.random.default_rng(123), 32, 32)
         img, guid, res = syn.synthesize(lab, inst)
         assert img.shape == (32, 32, 3) and img.dtype == np.uint8 and guid.shape == (32, 32, 3)
