@@ -2,7 +2,9 @@
 candidate rows of the database split are the index, results go to ``retrieval.parquet``.
 
 Training queries (rows of the database split) never retrieve from their own image; queries of
-other splits search the whole database (method.md §2). The index is the exact engine of
+other splits search the whole database (method.md §2). Segments pruned per image
+(``segments.parquet`` ``query`` = False, ``decompose.pruning: image``) are not searched, so they
+have no rows and compose leaves them black, as the released code gives them no guidance. The index is the exact engine of
 :mod:`pipeline.retrieval`, so the table equals a brute-force search row for row.
 """
 from __future__ import annotations
@@ -43,6 +45,7 @@ class RetrieveSummary:
     n_queries: int
     n_matched: int  # queries with at least one admissible candidate
     n_rows: int
+    n_pruned: int = 0  # segments not searched (pruned per image)
 
 
 def run_retrieval(cache_dir: str | Path, params: RetrievalParams = RetrievalParams(), *, device: str = "cpu",
@@ -53,20 +56,21 @@ def run_retrieval(cache_dir: str | Path, params: RetrievalParams = RetrievalPara
         index = build_index(db, device)
         packed = index.packed  # the same array the index holds: no second copy of the masks
         classes, areas, excl = db.col("class_id"), db.col("box_area"), query_exclusions(db)
-        n = len(db)
+        rows = np.flatnonzero(db.query_flags())  # the segments that are queries, ascending
+        n = len(rows)
         parts: list[TopK] = []
         with tqdm(total=n, desc="retrieve", unit="seg", disable=not progress, dynamic_ncols=True) as bar:
             for lo in range(0, n, batch):
-                hi = min(n, lo + batch)
-                top = index.search(packed[lo:hi], classes[lo:hi], areas[lo:hi], excl[lo:hi], params, threads=threads)
-                top.query_index = top.query_index + lo
+                sel = rows[lo:lo + batch]
+                top = index.search(packed[sel], classes[sel], areas[sel], excl[sel], params, threads=threads)
+                top.query_index = sel[top.query_index]
                 parts.append(top)
-                bar.update(hi - lo)
+                bar.update(len(sel))
     cols = {f: np.concatenate([getattr(p, f) for p in parts]) if parts else getattr(TopK.empty(), f)
             for f in TopK.FIELDS}
     cols["query_id"] = cols.pop("query_index")
     cache.write_retrieval(cols, cache_dir / cache.RETRIEVAL_PARQUET, params_dict(params))
-    return RetrieveSummary(n, int(np.unique(cols["query_id"]).size), int(cols["query_id"].size))
+    return RetrieveSummary(n, int(np.unique(cols["query_id"]).size), int(cols["query_id"].size), len(db) - n)
 
 
 def params_dict(p: RetrievalParams) -> dict:

@@ -40,5 +40,5 @@ def command(p: Params, cache_dir, k, max_score, alpha, scale_term, device, threa
     params = retrieval_params(p, k, max_score, alpha, scale_term)
     s = run_retrieval(cache_dir, params, device=p.get("retrieve", "device", device, "auto"),
                       threads=p.get("retrieve", "threads", threads), progress=progress)
-    click.echo(f"retrieve: {s.n_queries} queries, {s.n_matched} with a match, {s.n_rows} rows → "
+    click.echo(f"retrieve: {s.n_queries} queries ({s.n_pruned} pruned segments not searched), {s.n_matched} with a match, {s.n_rows} rows → "
                f"{cache_dir / 'retrieval.parquet'}")

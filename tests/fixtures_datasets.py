@@ -152,6 +152,43 @@ def make_ade20k(root: Path) -> Built:
                  bad_class_value=151, exact_colour=False)
 
 
+def write_rgb_array(path: Path, rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 array as a PNG (lossless)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1])), path
+    return path
+
+
+def make_ade20k_instance_challenge(root: Path) -> Built:
+    """ADEChallengeData2016 plus the Places-challenge instance files: ``annotations_instance/``
+    (RGB PNG, R = instance class of ``categoryMapping.txt``, G = instance index) and
+    ``sceneCategories.txt`` (for the outdoor subset)."""
+    labels = np.array([[3, 3, 13, 13], [3, 0, 13, 21], [150, 0, 21, 21]], dtype=np.uint8)
+    R = np.array([[1, 0, 1, 1], [0, 0, 1, 2], [3, 0, 2, 2]], dtype=np.uint8)  # (0,0): a person code on sky
+    G = np.array([[1, 0, 1, 1], [0, 0, 1, 2], [4, 0, 3, 3]], dtype=np.uint8)
+    # object id = R·256 + G, kept where the label is the mapped class: person 257, cars 514 and 515, flag 772
+    exp_inst = np.array([[0, 0, 257, 257], [0, 0, 257, 514], [772, 0, 515, 515]], dtype=np.int64)
+    hw = labels.shape
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "categoryMapping.txt").write_text("Instance_ID ADE_ID Name\n1 13 person\n2 21 car\n3 150 flag\n")
+    (root / "sceneCategories.txt").write_text(
+        "ADE_train_00000001 street\nADE_train_00000002 bathroom\nADE_train_00000003 mountain_snowy\n"
+        "ADE_val_00000001 church_outdoor\nADE_val_00000002 kitchen\n")
+    rgb_inst = np.dstack([R, G, np.zeros_like(R)])
+    for split, folder, stems in (("train", "training", ("ADE_train_00000001", "ADE_train_00000002", "ADE_train_00000003")),
+                                 ("val", "validation", ("ADE_val_00000001", "ADE_val_00000002"))):
+        for stem in stems:
+            write_rgb(root / "images" / folder / f"{stem}.jpg", COLOUR if stem == "ADE_train_00000001" else (5, 5, 5), hw)
+            write_index(root / "annotations" / folder / f"{stem}.png", labels)
+            write_rgb_array(root / "annotations_instance" / folder / f"{stem}.png", rgb_inst)
+    return Built("ade20k", root, ["train", "val"],
+                 {"train": ["ADE_train_00000001", "ADE_train_00000002", "ADE_train_00000003"],
+                  "val": ["ADE_val_00000001", "ADE_val_00000002"]},
+                 "train", "ADE_train_00000001", COLOUR, labels.astype(np.int64), exp_inst,
+                 bad_class_value=151, exact_colour=False,
+                 extra={"outdoor": {"train": ["ADE_train_00000001", "ADE_train_00000003"], "val": ["ADE_val_00000001"]}})
+
+
 # ---------------------------------------------------------------- COCO-Stuff (SPADE layout)
 def make_coco_stuff(root: Path) -> Built:
     # 0 person (thing), 2 car (thing), 156 sky-other (stuff), 255 unlabeled

@@ -410,3 +410,106 @@ def test_real_cityscapes_label_ids():
     on = s.instances > 0
     np.testing.assert_array_equal(s.labels[on], s.instances[on] // 1000)
     assert (s.labels[on] >= 24).all()
+
+
+# ------------------------------------------------------------------ ADE20K instance-challenge files, outdoor subset
+try:
+    from tests.fixtures_datasets import make_ade20k_instance_challenge
+except ImportError:
+    from fixtures_datasets import make_ade20k_instance_challenge
+
+
+def test_ade20k_annotations_instance_one_object_per_instance(tmp_path: Path):
+    b = make_ade20k_instance_challenge(tmp_path / "ade")
+    ds = open_dataset("ade20k", b.root)
+    ref = _ref(ds, b)
+    assert ref.instance == b.root / "annotations_instance" / "training" / f"{b.image_id}.png"
+    s = ds.load(ref)
+    np.testing.assert_array_equal(s.labels, b.labels)
+    np.testing.assert_array_equal(s.instances, b.instances)
+    from pipeline.segments import decompose
+
+    segs = decompose(s.labels, s.instances, ds.classes(), min_area=1)
+    things = sorted((seg.class_id, seg.area) for seg in segs if seg.source == "instance")
+    assert things == [(13, 3), (21, 1), (21, 2), (150, 1)]  # two cars stay two segments
+
+
+def test_ade20k_instance_mapping_errors(tmp_path: Path):
+    b = make_ade20k_instance_challenge(tmp_path / "ade")
+    ds = open_dataset("ade20k", b.root)
+    ref = _ref(ds, b)
+    (b.root / "categoryMapping.txt").write_text("Instance_ID ADE_ID Name\n1 13 person\n2 21 car\n")  # no R = 3
+    with pytest.raises(DataError, match="instance class"):
+        open_dataset("ade20k", b.root).load(ref)
+    (b.root / "categoryMapping.txt").unlink()
+    with pytest.raises(DataError, match="categoryMapping.txt"):
+        open_dataset("ade20k", b.root).load(ref)
+
+
+def test_ade20k_outdoor_subset(tmp_path: Path):
+    b = make_ade20k_instance_challenge(tmp_path / "ade")
+    ds = open_dataset("ade20k", b.root, {"subset": "outdoor"})
+    for split, ids in b.extra["outdoor"].items():
+        assert [r.image_id for r in ds.refs(split)] == ids
+    assert [r.image_id for r in open_dataset("ade20k", b.root).refs("train")] == b.ids["train"]
+    (b.root / "sceneCategories.txt").unlink()
+    with pytest.raises(DataError, match="sceneCategories.txt"):
+        open_dataset("ade20k", b.root, {"subset": "outdoor"}).refs("train")
+
+
+def test_outdoor_scene_list_is_clean():
+    from pipeline.datasets.ade20k import is_outdoor, outdoor_scenes
+
+    names = outdoor_scenes()
+    assert len(names) > 100 and all(n == n.lower() and " " not in n and "/" not in n for n in names)
+    for indoor in ("bathroom", "bedroom", "kitchen", "living_room", "airport_terminal", "art_gallery"):
+        assert not is_outdoor(indoor, names)
+    for outdoor in ("street", "highway", "mountain_snowy", "church_outdoor", "coast"):
+        assert is_outdoor(outdoor, names)
+
+
+# ------------------------------------------------------------------ class tables are validated (issue 14 item 8)
+@pytest.mark.parametrize("bad, match", [
+    ({"ignore_id": -1}, "ignore_id"),  # would have overwritten the highest class in lookup_table
+    ({"ignore_id": 70000}, "ignore_id"),
+    ({"classes": [{"id": 10 ** 12, "name": "huge", "thing": False}]}, "0..65535"),
+    ({"classes": [{"id": -3, "name": "neg", "thing": False}]}, "0..65535"),
+    ({"classes": [{"id": 1.5, "name": "float", "thing": False}]}, "integer"),
+    ({"classes": [{"id": "2", "name": "text", "thing": False}]}, "integer"),
+    ({"classes": [{"id": 2, "name": "car", "thing": "false"}]}, "true or false"),
+    ({"classes": [{"id": 2, "name": "car", "thing": 1}]}, "true or false"),
+    ({"classes": []}, "empty"),
+])
+def test_class_table_types_and_ranges(tmp_path: Path, bad: dict, match: str):
+    b = BUILDERS["folder"](tmp_path / "f")
+    table = {"name": "x", "ignore_id": 255, "classes": [{"id": 0, "name": "road", "thing": False}]}
+    if "classes" in bad:
+        table["classes"] = table["classes"] + bad["classes"] if bad["classes"] else []
+    else:
+        table.update(bad)
+    (b.root / "classes.json").write_text(json.dumps(table))
+    with pytest.raises(DataError, match=match) as e:
+        open_dataset("folder", b.root).classes()
+    assert str(b.root / "classes.json") in str(e.value)
+
+
+def test_negative_ignore_id_used_to_overwrite_the_highest_class():
+    """The bug the validation prevents: lut[-1] is the last entry, i.e. the highest class id."""
+    from pipeline.datasets.base import ClassInfo
+
+    with pytest.raises(ValueError, match="ignore_id"):
+        ClassMeta("x", -1, (ClassInfo(0, "a", False), ClassInfo(5, "b", True)))
+
+
+def test_uppercase_jpg_is_listed_and_loaded(tmp_path: Path):
+    b = BUILDERS["folder"](tmp_path / "f")
+    img = b.root / "train" / "images" / "a.png"
+    jpg = img.with_name("a.JPG")
+    write_rgb(jpg.with_suffix(".jpg"), COLOUR, b.labels.shape)
+    jpg.with_suffix(".jpg").rename(jpg)
+    img.unlink()
+    ds = open_dataset("folder", b.root)
+    ref = _ref(ds, b)
+    assert ref.image == jpg
+    s = ds.load(ref)
+    assert np.abs(s.image.astype(int) - np.array(COLOUR)).max() <= 4

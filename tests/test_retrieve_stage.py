@@ -133,8 +133,12 @@ def test_engine_equals_brute_force_on_the_real_demo_masks(tmp_path):
         keys = image_keys(db)
         packed = db.norm_masks()
         excl = np.where(db.col("split") == "train", keys, -1)
-        ref = brute_force_topk(packed, db.col("class_id"), db.col("box_area"), excl, packed, db.col("class_id"),
-                               db.col("box_area"), keys, np.arange(len(db)), db.col("candidate"), params)
+        q = np.flatnonzero(db.col("query"))  # per-image pruning (default): pruned segments are no queries
+        assert 0 < len(q) < len(db)
+        ref = brute_force_topk(packed[q], db.col("class_id")[q], db.col("box_area")[q], excl[q], packed,
+                               db.col("class_id"), db.col("box_area"), keys, np.arange(len(db)), db.col("candidate"),
+                               params)
+        ref.query_index = q[ref.query_index]
     assert len(ref) > 1000
     for col, ref_col in (("query_id", "query_index"), ("rank", "rank"), ("candidate_id", "candidate_id"),
                          ("score", "score"), ("shape_term", "shape_term"), ("scale_term", "scale_term")):

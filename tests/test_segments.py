@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.datasets.base import ClassInfo, ClassMeta
-from pipeline.segments import (candidate_flags, decompose, nearest_indices, normalised_mask, pack_mask,
-                               resize_mask_nearest, unpack_mask)
+from pipeline.segments import (candidate_flags, decompose, image_pruning_flags, nearest_indices, normalised_mask,
+                               pack_mask, pruning_flags, resize_mask_nearest, segment_query_flags, unpack_mask)
 
 META = ClassMeta("t", 9, (ClassInfo(0, "road", False), ClassInfo(1, "grass", False), ClassInfo(2, "car", True)))
 
@@ -121,3 +121,81 @@ def test_segments_partition_the_labelled_pixels(seed):
         assert np.all(lab[y0:y1, x0:x1][s.mask] == s.class_id)
         assert s.mask.any(axis=0)[[0, -1]].all() and s.mask.any(axis=1)[[0, -1]].all()  # tight box
     assert np.array_equal(cover, (lab != 255).astype(int))
+
+
+# ------------------------------------------------------------------ per-image pruning (issue 10 item 3)
+def pruning_map_1() -> np.ndarray:
+    """Grass (1) components of 50, 30, 15 and 5 px, car (2) components of 12 and 4 px, road (0) 1 px."""
+    lab = np.full((15, 10), 9, np.int32)
+    lab[0:5, 0:10] = 1  # 50
+    lab[6:9, 0:10] = 1  # 30
+    lab[10:13, 0:5] = 1  # 15
+    lab[14, 0:5] = 1  # 5
+    lab[10:13, 6:10] = 2  # 12
+    lab[14, 6:10] = 2  # 4
+    lab[5, 5] = 0  # a lone road pixel: the whole class in this image, always kept
+    return lab
+
+
+def pruning_map_2() -> np.ndarray:
+    lab = np.full((3, 8), 9, np.int32)
+    lab[0, 0:5] = 1  # one 5-px grass segment: all of grass in this image
+    return lab
+
+
+def _rows(maps):
+    segs = [(k, s) for k, m in enumerate(maps) for s in decompose(m, None, META, min_area=1)]
+    return [k for k, _ in segs], [s.class_id for _, s in segs], [s.area for _, s in segs]
+
+
+def test_per_image_pruning_on_a_hand_made_map():
+    keys, cls, area = _rows([pruning_map_1(), pruning_map_2()])
+    got = image_pruning_flags(keys, cls, area, 0.9)
+    # Hand-computed, ratio 0.9. Image 1 grass: total 100, keep while the area before < 90:
+    # 50 (0), 30 (50), 15 (80) kept, 5 (95) pruned. Car: total 16, 12 (0) and 4 (12 < 14.4) kept.
+    # Road: 1 px kept. Image 2 grass: its only segment covers 100 % → kept.
+    expected = {(0, 0, 1): True, (0, 1, 50): True, (0, 1, 30): True, (0, 1, 15): True, (0, 1, 5): False,
+                (0, 2, 12): True, (0, 2, 4): True, (1, 1, 5): True}
+    assert dict(zip(zip(keys, cls, area), got.tolist())) == expected
+    # ratio 0.5: grass keeps 50 only (30 starts at 50, not < 50); car keeps 12 only (4 starts at 12 ≥ 8)
+    got = image_pruning_flags(keys, cls, area, 0.5)
+    assert [a for a, f, c in zip(area, got, cls) if f and c != 0] == [50, 12, 5]
+
+
+def test_pruning_modes_differ_as_documented():
+    keys, cls, area = _rows([pruning_map_1(), pruning_map_2()])
+    in_db = np.array([k == 0 for k in keys])  # image 1 is the training split, image 2 a query image
+    cand, query = pruning_flags("image", keys, cls, area, in_db, 0.9)
+    assert query.tolist() == image_pruning_flags(keys, cls, area, 0.9).tolist()
+    assert (cand == (query & in_db)).all() and query[-1] and not cand[-1]
+    cand, query = pruning_flags("dataset", keys, cls, area, in_db, 0.9)
+    assert query.all() and (cand == candidate_flags(cls, area, in_db, 0.9)).all()
+    cand, query = pruning_flags("none", keys, cls, area, in_db, 0.9)
+    assert query.all() and (cand == in_db).all()
+    with pytest.raises(ValueError, match="pruning"):
+        pruning_flags("per-class", keys, cls, area, in_db, 0.9)
+
+
+def test_per_image_pruning_equals_a_brute_force_loop():
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 4, 300)
+    cls = rng.integers(0, 3, 300)
+    area = rng.integers(1, 40, 300)
+    for ratio in (0.3, 0.9, 1.0):
+        expected = np.zeros(300, bool)
+        for k in range(4):
+            for c in range(3):
+                rows = [i for i in range(300) if keys[i] == k and cls[i] == c]
+                rows.sort(key=lambda i: (-area[i], i))
+                total, done = sum(area[i] for i in rows), 0
+                for i in rows:
+                    expected[i] = done < ratio * total
+                    done += area[i]
+        assert (image_pruning_flags(keys, cls, area, ratio) == expected).all(), ratio
+
+
+def test_segment_query_flags_match_the_database_rule():
+    segs = decompose(pruning_map_1(), None, META, min_area=1)
+    flags = segment_query_flags(segs, "image", 0.9)
+    assert [s.area for s, f in zip(segs, flags) if not f] == [5]
+    assert segment_query_flags(segs, "dataset", 0.9).all()
