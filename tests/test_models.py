@@ -206,6 +206,40 @@ def test_generator_backward_reaches_norms():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+def test_models_build_networks_from_a_config(tmp_path):
+    """resail_train.models builds every network from a config (trainer re-exports the same functions)."""
+    from pipeline.datasets.base import ClassMeta
+    from pipeline.errors import CacheError
+    from resail_train import checkpoint as ckpt
+    from resail_train import models, trainer
+    from resail_train.config import load_config
+    from tests.conftest import TOY_CLASSES
+
+    assert trainer.build_generator is models.build_generator and trainer.load_segnet is models.load_segnet
+    ov = ["model.ngf=2", "model.norm_hidden=16", "model.ndf=4", "data.crop_size=[32, 32]", "model.num_upsampling=3"]
+    G = models.build_generator(load_config("demo", ov + ["model.norm=sean_plus"]), 6)
+    assert G.norm_kind == "sean_plus" and G.crop_size == (32, 32) and G.label_nc == 6
+    fc = G.blocks["head_0"].norm_0.style_fc  # per-class weights get the generator's Xavier(0.02) init too
+    expected_std = 0.02 * (2.0 / (16 + 16)) ** 0.5
+    assert 0.7 * expected_std < fc.weight.std().item() < 1.3 * expected_std and torch.count_nonzero(fc.bias) == 0
+    D = models.build_discriminator(load_config("demo", ov + ["model.num_D=1"]), 6)
+    assert isinstance(D, SesameMultiscaleDiscriminator) and len(D(rand(1, 3, 32, 32), onehot(1, 6, 32, 32))) == 1
+    cfg = load_config("demo", ["segnet.base_width=4", "segnet.spectral=false"])
+    net = models.build_segnet(cfg, 5)
+    assert isinstance(net, SegNet)
+    meta = ClassMeta.from_dict(TOY_CLASSES)
+    with pytest.raises(ConfigError, match="train-segnet"):
+        models.load_segnet(tmp_path / "none.pt", meta, torch.device("cpu"))
+    ckpt.save_atomic({"state_dict": net.state_dict(), "num_classes": 4, "base_width": 4, "spectral": False},
+                     tmp_path / "seg.pt")
+    with pytest.raises(CacheError, match="another class list"):
+        models.load_segnet(tmp_path / "seg.pt", meta, torch.device("cpu"))
+    ckpt.save_atomic({"state_dict": net.state_dict(), "num_classes": 5, "base_width": 4, "spectral": False,
+                      "classes": TOY_CLASSES}, tmp_path / "seg.pt")
+    loaded = models.load_segnet(tmp_path / "seg.pt", meta, torch.device("cpu"))
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
 # ---------------------------------------------------------------- discriminator
 def test_sesame_discriminator_outputs():
     D = SesameMultiscaleDiscriminator(label_nc=5, ndf=4, n_layers=4, num_D=2)
