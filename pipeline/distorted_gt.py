@@ -468,7 +468,7 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
         batches: list[pa.RecordBatch] = []
         targets_mode = targets.mode if targets is not None else "none"
         h5_path, pq_path = out_dir / cache.DISTORTIONS_H5, out_dir / cache.DISTORTIONS_PARQUET
-        lineage = cache.make_lineage("distort", cache.upstream_ids(cache_dir, retrieval=targets is not None),
+        lineage = cache.make_lineage("distort", cache.upstream_ids(cache_dir, retrieval=targets_mode == "retrieval"),
                                      {"params": repr(params), "splits": wanted, "db_split": db_split})  # (helper F)
         with cache.atomic_outputs(h5_path, pq_path) as (h5_tmp, pq_tmp):
             with h5py.File(h5_tmp, "w", libver="earliest", track_order=False) as f:

@@ -10,7 +10,7 @@ import sys
 import click
 
 from pipeline.errors import ResailError
-from stages.params import Params, load_params
+from stages.params import Params, apply_limits, load_params
 
 
 class ResailGroup(click.Group):
@@ -32,6 +32,7 @@ class ResailGroup(click.Group):
 def main(ctx: click.Context, params_file: str | None) -> None:
     """RESAIL: retrieval-based spatially adaptive normalization, as a DVC pipeline."""
     ctx.obj = Params(load_params(params_file), params_file or "params.yaml")
+    apply_limits(ctx.obj)  # limits.max_pixels → every reader, workers included
 
 
 def _register() -> None:

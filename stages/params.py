@@ -74,6 +74,22 @@ class Params:
         return Path("runs") / str(name)
 
 
+def apply_limits(p: Params) -> None:
+    """``limits.max_pixels`` → ``$RESAIL_MAX_PIXELS`` (the pixel cap of every image/label reader,
+    see pipeline.datasets.base.max_pixels); an already set environment variable wins. Set in the
+    environment so that worker processes started later inherit it."""
+    import os
+
+    from pipeline.datasets.base import MAX_PIXELS_ENV
+
+    value = p.get("limits", "max_pixels")
+    if value is None or os.environ.get(MAX_PIXELS_ENV):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(p.source, f"limits.max_pixels must be a positive integer, got {value!r}")
+    os.environ[MAX_PIXELS_ENV] = str(value)
+
+
 def split_list(value: str | list | None) -> list[str] | None:
     if value is None or value == "":
         return None

@@ -326,7 +326,7 @@ def test_errors_are_one_line_and_leave_no_output(composed, tmp_path):
     with pytest.raises(CacheError, match=r"retrieval\.parquet.*refers to segment") as e:
         compose_dataset(cache_dir, progress=False)
     assert "\n" not in str(e.value)
-    assert not out.exists() and not cache.tmp_path(out).exists()
+    assert not out.exists() and not list(out.parent.glob(out.name + ".*.tmp"))
 
     # through the CLI: one line on stderr, exit 1
     from stages.cli import main
@@ -365,7 +365,7 @@ def test_errors_are_one_line_and_leave_no_output(composed, tmp_path):
     cv2.imwrite(str(data / "val" / "instances" / "val_001.png"), np.zeros((20, 30), np.uint16))
     with pytest.raises(DataError, match=r"val_001\.png: label map is 30x20 but the segment database recorded 64x48"):
         compose_dataset(cache_dir, data_root=data, progress=False, jobs=1)
-    assert not out.exists() and not cache.tmp_path(out).exists()
+    assert not out.exists() and not list(out.parent.glob(out.name + ".*.tmp"))
     for p in (cache.SEGMENTS_H5, cache.SEGMENTS_PARQUET):
         assert (cache_dir / p).exists()
 
