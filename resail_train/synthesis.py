@@ -74,16 +74,21 @@ _CACHE_KEYS = ("cache_dir", "cache")
 
 
 # --------------------------------------------------------------------------- run folder
-def read_generator(run_dir: str | Path) -> tuple[dict, Path]:
-    """``generator.pt`` of a run (CacheError naming the folder/file when missing or foreign)."""
+def read_generator(run_dir: str | Path, checkpoint: str | Path | None = "latest") -> tuple[dict, Path]:
+    """The generator of a run: ``checkpoint`` = ``latest`` (``generator.pt``), ``best``
+    (``checkpoints/best.pt``) or a path (:func:`resail_train.checkpoint.generator_checkpoint_path`;
+    training checkpoints give their EMA generator). CacheError naming the folder/file when missing or foreign."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    which = "latest" if checkpoint is None else str(checkpoint)
+    if which in ckpt.CHECKPOINT_CHOICES and not run_dir.is_dir():
         raise CacheError(run_dir, "run folder not found (train one with `resail train --out RUN_DIR`)")
-    path = run_dir / GENERATOR_FILE
+    path = ckpt.generator_checkpoint_path(run_dir, which)
     if not path.is_file():
-        raise CacheError(path, "generator checkpoint not found (it is written at the end of `resail train`; "
-                               "an interrupted run can be finished with `resail train --resume`)")
-    obj = ckpt.load_checkpoint(path)
+        if which == "latest":
+            raise CacheError(path, "generator checkpoint not found (it is written at the end of `resail train`; "
+                                   "an interrupted run can be finished with `resail train --resume`)")
+        raise CacheError(path, "generator checkpoint not found")
+    obj = ckpt.as_generator_file(ckpt.load_checkpoint(path))
     missing = [k for k in ("config", "label_nc", "classes", "state_dict") if k not in obj]
     if missing or obj.get("kind", "resail-generator") != "resail-generator":
         raise CacheError(path, f"not a RESAIL generator file (missing {', '.join(missing) or 'kind'})")
@@ -192,14 +197,16 @@ class Synthesizer:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, run_dir: str | Path, cache_dir: str | Path | None = None, device: str = "auto",
-             size: Sequence[int] | None = None, online: OnlineGuidance | None = None) -> "Synthesizer":
+             size: Sequence[int] | None = None, online: OnlineGuidance | None = None,
+             checkpoint: str | Path | None = "latest") -> "Synthesizer":
         """Load ``RUN_DIR/generator.pt`` and an :class:`OnlineGuidance` on the run's cache.
 
         ``cache_dir``: the stage cache (segment DB + retrieval); default: the one the run records
         (:func:`recorded_cache_dir`). ``size``: generator output (H, W); default ``data.crop_size``.
+        ``checkpoint``: ``latest`` | ``best`` | a path (:func:`read_generator`).
         """
         run_dir = Path(run_dir)
-        obj, gpath = read_generator(run_dir)
+        obj, gpath = read_generator(run_dir, checkpoint)
         try:
             cfg = config_from_dict(obj["config"], str(gpath))
             meta = ClassMeta.from_dict(obj["classes"])
@@ -235,7 +242,9 @@ class Synthesizer:
             online.close()
             raise ConfigError(name, f"class list of this cache ({online.meta.dataset}, {online.meta.num_classes} "
                                     f"classes) differs from the run's ({meta.dataset}, {meta.num_classes})")
-        return cls(G, cfg, meta, online, dev, instance_edges=edges, run_dir=run_dir, step=obj.get("step"))
+        syn = cls(G, cfg, meta, online, dev, instance_edges=edges, run_dir=run_dir, step=obj.get("step"))
+        syn.generator_path = gpath  # which file --checkpoint chose (recorded by the evaluation)
+        return syn
 
     @property
     def size(self) -> tuple[int, int]:

