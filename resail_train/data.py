@@ -176,6 +176,22 @@ class EpochBatchSampler(Sampler):
 
 
 # --------------------------------------------------------------------------- dataset
+def check_working_resolution(db: SegmentDB, load_size: tuple[int, int] | None, allow_resize: bool) -> None:
+    """Refuse a ``data.load_size`` that disagrees with the resolution the cache was decomposed at
+    (``resail decompose --resize``): the loader would rescale caches made for another size. The
+    config key ``data.allow_resize: true`` accepts it."""
+    from pipeline.datasets.resized import ResizeSpec
+
+    spec = ResizeSpec.parse(db.resize)
+    if spec is None or allow_resize or spec.agrees_with(load_size):
+        return
+    want = f"{spec.height}x{spec.width}" if spec.short_side is None else f"shorter side {spec.short_side}"
+    raise ConfigError(db.cache_dir / cache.SEGMENTS_H5,
+                      f"data.load_size {list(load_size)} disagrees with the cache's working resolution ({want}, "
+                      f"`resail decompose --resize {spec}`): set data.load_size to match it (or null), re-run decompose "
+                      "at the size you train, or set data.allow_resize: true")
+
+
 class CacheDataset(Dataset):
     """``CacheDataset(cache_dir, split="train", *, load_size, crop_size, train=True, flip=True,
     guidance="rank0"|"topk"|None, distortions=True, instance_edges=False, topk=10, seed=0,
@@ -184,7 +200,7 @@ class CacheDataset(Dataset):
     def __init__(self, cache_dir: str | Path, split: str = "train", *, load_size: Sequence[int] | None,
                  crop_size: Sequence[int], train: bool = True, flip: bool = True, guidance: str | None = "rank0",
                  distortions: bool = True, instance_edges: bool = False, topk: int = 10, seed: int = 0,
-                 data_root: str | Path | None = None, fmt: str | None = None) -> None:
+                 data_root: str | Path | None = None, fmt: str | None = None, allow_resize: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
         if guidance is not None and guidance not in GUIDANCE_MODES:
             raise ConfigError(None, f"guidance sampling must be one of {GUIDANCE_MODES}, got {guidance!r}")
@@ -195,6 +211,7 @@ class CacheDataset(Dataset):
 
         with SegmentDB.open(self.cache_dir) as db:
             self.meta: ClassMeta = db.meta
+            check_working_resolution(db, self.load_size, allow_resize)  # helper B, issue 12
             rows = db.image_rows(split)
             self.has_instances = any(bool(r["has_instances"]) for r in db.image_rows())
             if guidance == "topk":

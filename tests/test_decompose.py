@@ -177,3 +177,160 @@ def test_contact_sheet(toy_dataset, tmp_path):
     assert res.exit_code == 0, res.output
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet.shape[0] >= 5 * 20 and sheet.shape[1] >= 5 * 20  # 5 classes × (name + 3 tiles)
+
+
+# ------------------------------------------------------------------ working resolution (issue 12)
+from pipeline.datasets.resized import ResizeSpec  # noqa: E402
+from pipeline.errors import ConfigError  # noqa: E402
+from pipeline.resize import resize_index_map  # noqa: E402
+
+
+def test_resize_spec_forms():
+    assert ResizeSpec.parse("256x512").target(1024, 2048) == (256, 512)
+    assert ResizeSpec.parse("256x512").target(100, 100) == (256, 512)  # fixed: aspect not kept
+    assert ResizeSpec.parse(90).target(180, 240) == (90, 120)  # shorter side, landscape
+    assert ResizeSpec.parse("90").target(240, 180) == (120, 90)  # portrait
+    assert ResizeSpec.parse("100").target(333, 500) == (100, 150)  # 150.15 truncated, as SPADE's int()
+    assert ResizeSpec.parse(None) is None and ResizeSpec.parse("None") is None  # DVC writes null as None
+    assert str(ResizeSpec.parse(" 24 x 32 ")) == "24x32" and str(ResizeSpec.parse(24)) == "24"
+    for bad in ("0", "abc", "24x", "-3", "1.5", True):
+        with pytest.raises(ConfigError):
+            ResizeSpec.parse(bad)
+
+
+@pytest.mark.parametrize("spec, size", [("24x40", (24, 40)), ("30", (30, 40))])
+def test_decompose_at_a_working_resolution(toy_dataset, tmp_path, spec, size):
+    out = tmp_path / "cache"
+    res = decompose_cli(toy_dataset, out, "--resize", spec, "--min-area", "1")
+    assert res.exit_code == 0, res.output
+    original = open_dataset("folder", toy_dataset)
+    with SegmentDB.open(out) as db:
+        assert db.resize == spec and db.attrs["resize"] == spec  # the schema records it
+        rows = db.image_rows()
+        assert {(r["height"], r["width"]) for r in rows} == {size}
+        assert {(r["source_height"], r["source_width"]) for r in rows} == {(48, 64)}
+        assert (db.col("y1") <= size[0]).all() and (db.col("x1") <= size[1]).all()
+        adapter = db.open_adapter()  # later stages get samples at the working resolution, untold
+        for ref in db.sample_refs(adapter)[:3]:
+            small, big = adapter.load(ref), original.load(ref)
+            assert small.image.shape == (*size, 3) and small.labels.shape == size and small.source_size == (48, 64)
+            np.testing.assert_array_equal(small.labels, resize_index_map(big.labels, *size))  # nearest
+            assert set(np.unique(small.labels)) <= set(np.unique(big.labels))  # no new class ids
+            assert set(np.unique(small.instances)) <= set(np.unique(big.instances))  # instance ids kept
+            # every object large enough to survive nearest sampling keeps its id and its one class
+            for obj in np.unique(small.instances[small.instances > 0]):
+                assert np.unique(small.labels[small.instances == obj]).size == 1
+            # the segments stored are the segments of the resized sample
+            segs = decompose(small.labels, small.instances, adapter.classes(), min_area=1)
+            img = next(r for r in rows if r["image_id"] == ref.image_id)
+            assert img["n_segments"] == len(segs)
+
+
+def test_trainer_refuses_a_load_size_that_disagrees_with_the_cache(toy_dataset, tmp_path):
+    from resail_train.data import CacheDataset
+
+    out = tmp_path / "cache"
+    assert decompose_cli(toy_dataset, out, "--resize", "24x32").exit_code == 0
+    kw = dict(crop_size=(16, 16), guidance=None, distortions=False)
+    with pytest.raises(ConfigError, match="disagrees with the cache's working resolution") as e:
+        CacheDataset(out, load_size=(48, 64), **kw)
+    assert "allow_resize" in str(e.value)
+    for ok in (dict(load_size=(24, 32)), dict(load_size=None), dict(load_size=(48, 64), allow_resize=True)):
+        ds = CacheDataset(out, **{**kw, **ok})
+        assert len(ds) == 6
+    out2 = tmp_path / "short"
+    assert decompose_cli(toy_dataset, out2, "--resize", "24").exit_code == 0
+    CacheDataset(out2, load_size=(24, 24), **kw)  # shorter side 24: a square load of 24 agrees
+    with pytest.raises(ConfigError, match="shorter side 24"):
+        CacheDataset(out2, load_size=(32, 32), **kw)
+
+
+def test_config_key_allow_resize_is_optional():
+    from resail_train.config import load_config
+
+    assert load_config("demo").data.allow_resize is False
+    assert load_config("demo", ["data.allow_resize=true"]).data.allow_resize is True
+
+
+# ------------------------------------------------------------------ pruning flags in the cache (issue 10 item 3)
+def test_query_flags_and_retrieval_skip_pruned_queries(toy_dataset, tmp_path):
+    from pipeline.retrieval import RetrievalParams
+    from pipeline.retrieval_db import run_retrieval
+    from pipeline.segments import image_pruning_flags, pruning_flags
+
+    out = tmp_path / "cache"
+    assert decompose_cli(toy_dataset, out, "--min-area", "1", "--preserved-ratio", "0.5").exit_code == 0  # pruning image
+    with SegmentDB.open(out) as db:
+        assert db.attrs["pruning"] == "image"
+        keys = np.repeat(np.arange(len(db.images)), db.images.column("n_segments").to_numpy())
+        query = image_pruning_flags(keys, db.col("class_id"), db.col("area"), 0.5)
+        assert (db.col("query") == query).all() and (~query).any()
+        assert (db.col("candidate") == (query & (db.col("split") == "train"))).all()
+    run_retrieval(out, RetrievalParams(k=3), progress=False)
+    q = set(pq.read_table(out / cache.RETRIEVAL_PARQUET).column("query_id").to_pylist())
+    assert not q & set(np.flatnonzero(~query).tolist())  # pruned queries have no rows → compose leaves them black
+    for mode in ("dataset", "none"):
+        assert decompose_cli(toy_dataset, out, "--min-area", "1", "--preserved-ratio", "0.5", "--pruning", mode).exit_code == 0
+        with SegmentDB.open(out) as db:
+            in_db = db.col("split") == "train"
+            cand, query = pruning_flags(mode, keys, db.col("class_id"), db.col("area"), in_db, 0.5)
+            assert db.col("query").all() and (db.col("candidate") == cand).all()
+
+
+# ------------------------------------------------------------------ adapter options recorded (issue 10 items 2, 6)
+@pytest.mark.parametrize("extra, n_classes", [((), 34), (("--label-space", "train-ids"), 19)])
+def test_label_space_is_recorded_and_rebuilt(tmp_path, extra, n_classes):
+    from tests.fixtures_datasets import make_cityscapes
+
+    b = make_cityscapes(tmp_path / "cs")
+    out = tmp_path / "cache"
+    res = CliRunner().invoke(main, ["decompose", "--format", "cityscapes", "--data-root", str(b.root), "--out", str(out),
+                                    "--no-progress", "--min-area", "1", *extra])
+    assert res.exit_code == 0, res.output
+    with SegmentDB.open(out) as db:
+        assert db.meta.num_classes == n_classes
+        adapter = db.open_adapter()  # told nothing: the recorded options rebuild the same adapter
+        assert adapter.classes() == db.meta
+        assert db.adapter_options == {"label_space": "train-ids" if extra else "label-ids"}
+        assert set(db.col("class_id")) <= set(db.meta.ids.tolist())
+        if not extra:  # labelIds: caravan (29) is a thing with its instance, 'static' (4) a stuff class
+            assert {29, 4, 0, 9} <= set(db.col("class_id"))
+            # images in order aachen_000000 (instanceIds), aachen_000001 (none), bochum, frankfurt (both with)
+            assert db.col("source")[db.col("class_id") == 29].tolist() == ["instance", "component", "instance", "instance"]
+
+
+def test_ade20k_outdoor_subset_counts_are_printed(tmp_path):
+    from tests.fixtures_datasets import make_ade20k_instance_challenge
+
+    b = make_ade20k_instance_challenge(tmp_path / "ade")
+    out = tmp_path / "cache"
+    res = CliRunner().invoke(main, ["decompose", "--format", "ade20k", "--data-root", str(b.root), "--out", str(out),
+                                    "--no-progress", "--subset", "outdoor"])
+    assert res.exit_code == 0, res.output
+    assert "(2 train, 1 val; subset outdoor)" in res.output
+    with SegmentDB.open(out) as db:
+        assert db.adapter_options == {"subset": "outdoor"}
+        assert [r.image_id for r in db.sample_refs(db.open_adapter())] == ["ADE_train_00000001", "ADE_train_00000003",
+                                                                            "ADE_val_00000001"]
+    res = CliRunner().invoke(main, ["decompose", "--format", "folder", "--data-root", str(b.root), "--out", str(out),
+                                    "--subset", "outdoor"])
+    assert res.exit_code != 0 and "not an option of --format folder" in res.output
+
+
+# ------------------------------------------------------------------ dataset parts of issue 14 item 10
+def test_skip_with_every_sample_bad_keeps_the_old_database_and_its_skipped_json(toy_dataset, tmp_path):
+    out = tmp_path / "cache"
+    assert decompose_cli(toy_dataset, out).exit_code == 0
+    before = {n: (out / n).read_bytes() for n in (*OUTPUTS, cache.SKIPPED_JSON)}
+    for lab in (toy_dataset).glob("*/labels/*.png"):
+        lab.unlink()
+    res = decompose_cli(toy_dataset, out, "--on-error", "skip")
+    assert res.exit_code != 0 and "every sample failed (8)" in res.output and "Traceback" not in res.output
+    assert {n: (out / n).read_bytes() for n in before} == before
+
+
+def test_explicitly_requested_empty_split_is_refused(toy_dataset, tmp_path):
+    (toy_dataset / "test" / "images").mkdir(parents=True)
+    res = decompose_cli(toy_dataset, tmp_path / "c", "--splits", "train,test")
+    assert res.exit_code != 0 and "test contain no images" in res.output and str(toy_dataset) in res.output
+    assert decompose_cli(toy_dataset, tmp_path / "c2").exit_code == 0  # all splits: the empty one is just empty
