@@ -67,8 +67,9 @@ from pipeline import cache
 from pipeline.cache import SegmentDB
 from pipeline.datasets import open_dataset
 from pipeline.datasets.base import DatasetAdapter, SampleRef
-from pipeline.distortions import KINDS, distort_image, lab_stats
+from pipeline.distortions import CANVASES, KINDS, distort_image, lab_stats
 from pipeline.errors import CacheError, ConfigError, ResailError
+from pipeline.guidance import select_matches
 from pipeline.parallel import ordered_map
 from pipeline.visualize import hstack, write_png
 
@@ -83,12 +84,16 @@ __all__ = [
     "build_color_targets",
     "build_distortions",
     "read_distortions",
+    "read_distortion_valid",
+    "matched_segments",
     "preview",
 ]
 
 SCHEMA_VERSION = cache.DISTORTIONS_SCHEMA_VERSION  # 2: escaped keys + lineage (pipeline.cache)
 COLOR_TARGET_MODES = ("auto", "retrieval", "class")
 PREVIEW_DIR = "distort_preview"
+#: The retrieval rank whose matches decide which segments a variant shows (compose's default rank).
+MATCH_RANK = 0
 
 _H5_OPTS = dict(compression="gzip", compression_opts=1, track_times=False)
 _STATS_CHUNK_PIXELS = 1 << 21  # pixels of crops per colour-statistics task (fixed: not tied to --jobs)
@@ -122,6 +127,7 @@ class DistortParams:
     scale_range: tuple[float, float] = (0.5, 1.0)
     paste_rules: str = "a1"
     color_targets: str = "auto"
+    canvas: str = "black"
 
     def __post_init__(self) -> None:
         if isinstance(self.variants, bool) or int(self.variants) != self.variants or self.variants < 1:
@@ -147,6 +153,8 @@ class DistortParams:
         object.__setattr__(self, "scale_range", (lo, hi))
         if self.paste_rules not in ("a1", "free"):
             raise ConfigError(None, f"paste_rules must be 'a1' or 'free', got {self.paste_rules!r}")
+        if self.canvas not in CANVASES:
+            raise ConfigError(None, f"canvas must be one of {', '.join(CANVASES)}, got {self.canvas!r}")
         if self.color_targets not in COLOR_TARGET_MODES:
             raise ConfigError(None, f"color_targets must be one of {', '.join(COLOR_TARGET_MODES)}, "
                                     f"got {self.color_targets!r}")
@@ -192,8 +200,9 @@ def _release_dbs(cache_dir: str | Path) -> None:
 
 
 @lru_cache(maxsize=4)
-def _worker_adapter(fmt: str, root: str) -> DatasetAdapter:
-    return open_dataset(fmt, root)
+def _worker_adapter(fmt: str, root: str, options: str = "{}", resize: str = "") -> DatasetAdapter:
+    # options (JSON) and resize: the adapter the segment DB recorded (label space, subset, working resolution)
+    return open_dataset(fmt, root, json.loads(options), resize or None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,6 +341,7 @@ class _ImageTask:
     boxes: np.ndarray  # [n, 4] int64 (y0, x0, y1, x1)
     class_ids: np.ndarray  # [n] int64
     is_thing: np.ndarray  # [n] bool
+    paste: np.ndarray  # [n] bool: has a retrieval match (all True on the real canvas)
 
 
 @dataclass
@@ -341,6 +351,8 @@ class _Context:
     data_root: str
     params: DistortParams
     targets: ColorTargets | None
+    options: str = "{}"  # adapter options (JSON) and working resolution, as SegmentDB.open_adapter rebuilds them
+    resize: str = ""
 
 
 @dataclass
@@ -349,6 +361,7 @@ class _ImageResult:
     image_id: str
     first: int
     variants: np.ndarray  # [K, H, W, 3] uint8
+    valid: np.ndarray  # [K, H, W] bool
     columns: dict[str, Any]
 
 
@@ -363,6 +376,8 @@ def _columns(task: _ImageTask, records_per_variant: list[list[dict]]) -> dict[st
     variant, seg, applied, target, skipped, moved, scale = [], [], [], [], [], [], []
     for v, records in enumerate(records_per_variant):
         for rec in records:
+            if not rec["pasted"]:  # audit rows only for the segments a variant shows
+                continue
             variant.append(v)
             seg.append(task.first + rec["segment"])
             applied.append("+".join(rec["applied"]))
@@ -386,7 +401,7 @@ def distort_task(task: _ImageTask, *, ctx: _Context) -> _ImageResult | _Failure:
     p = ctx.params
     ref = task.ref
     try:
-        sample = _worker_adapter(ctx.fmt, ctx.data_root).load(ref)
+        sample = _worker_adapter(ctx.fmt, ctx.data_root, ctx.options, ctx.resize).load(ref)
         if sample.image.shape[:2] != (task.height, task.width):
             raise CacheError(Path(ctx.cache_dir) / cache.IMAGES_PARQUET,
                              f"image {ref.split}/{ref.image_id} is {sample.image.shape[1]}x{sample.image.shape[0]} "
@@ -407,18 +422,33 @@ def distort_task(task: _ImageTask, *, ctx: _Context) -> _ImageResult | _Failure:
     n = len(segments)
     chooser = ctx.targets.chooser(task.first, n) if ctx.targets is not None else None
     out = np.empty((p.variants, task.height, task.width, 3), np.uint8)
+    valid = np.empty((p.variants, task.height, task.width), bool)
     records = []
     for v in range(p.variants):
         rng = variant_rng(p.seed, ref.split, ref.image_id, v)
-        out[v], recs = distort_image(sample.image, segments, chooser, rng, p.probs, p.kinds,
-                                     scale_range=p.scale_range, paste_rules=p.paste_rules)
+        out[v], valid[v], recs = distort_image(sample.image, segments, chooser, rng, p.probs, p.kinds,
+                                               scale_range=p.scale_range, paste_rules=p.paste_rules,
+                                               paste=task.paste, canvas=p.canvas)
         records.append(recs)
-    return _ImageResult(ref.split, ref.image_id, task.first, out, _columns(task, records))
+    return _ImageResult(ref.split, ref.image_id, task.first, out, valid, _columns(task, records))
 
 
 # --------------------------------------------------------------------------------------------------
 # Dataset driver
 # --------------------------------------------------------------------------------------------------
+def matched_segments(db: SegmentDB, rank: int = MATCH_RANK) -> np.ndarray:
+    """bool ``[N]``: segments that have a retrieved candidate of ``rank`` — exactly the queries
+    ``resail compose --rank rank`` pastes (its :func:`pipeline.guidance.select_matches`); the
+    others (pruned, below ``min_area`` as queries, or without an admissible candidate) stay black
+    in the guidance and therefore in every distorted variant."""
+    path = db.cache_dir / cache.RETRIEVAL_PARQUET
+    if not path.is_file():
+        raise CacheError(path, "missing (run `resail retrieve` first: the distorted ground truth shows only "
+                               "segments with a retrieval match; or set distort.canvas: real)")
+    table, _ = cache.read_retrieval(db.cache_dir, len(db))
+    return select_matches(table, len(db), rank) >= 0
+
+
 def _select_images(db: SegmentDB, splits: list[str]) -> list[dict]:
     rows = db.image_rows()
     present = {r["split"] for r in rows}
@@ -453,22 +483,25 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
         refs = db.sample_refs(adapter, rows)
         boxes = np.stack([db.col(c).astype(np.int64) for c in ("y0", "x0", "y1", "x1")], axis=1)
         class_ids, is_thing = db.col("class_id").astype(np.int64), db.col("is_thing").astype(bool)
+        paste = matched_segments(db) if params.canvas == "black" else np.ones(len(db), bool)
         tasks = []
         for r, ref in zip(rows, refs):
             a, b = int(r["first_segment"]), int(r["first_segment"]) + int(r["n_segments"])
             tasks.append(_ImageTask(ref, int(r["height"]), int(r["width"]), a, boxes[a:b], class_ids[a:b],
-                                    is_thing[a:b]))
+                                    is_thing[a:b], paste[a:b]))
         t0 = time.perf_counter()
         targets = (build_color_targets(db, params.color_targets, db_split=db_split, jobs=jobs, backend=backend,
                                        scheduler=scheduler, progress=progress) if params.color_may_fire else None)
         stats_s = time.perf_counter() - t0
-        ctx = _Context(str(cache_dir), adapter.format, str(adapter.root), params, targets)
+        ctx = _Context(str(cache_dir), adapter.format, str(adapter.root), params, targets,
+                       json.dumps(adapter.options, sort_keys=True), str(getattr(adapter, "spec", "") or ""))
         applied = {k: 0 for k in KINDS}
         n_segments = 0
         batches: list[pa.RecordBatch] = []
         targets_mode = targets.mode if targets is not None else "none"
         h5_path, pq_path = out_dir / cache.DISTORTIONS_H5, out_dir / cache.DISTORTIONS_PARQUET
-        lineage = cache.make_lineage("distort", cache.upstream_ids(cache_dir, retrieval=targets_mode == "retrieval"),
+        lineage = cache.make_lineage("distort", cache.upstream_ids(
+            cache_dir, retrieval=targets_mode == "retrieval" or params.canvas == "black"),
                                      {"params": repr(params), "splits": wanted, "db_split": db_split})  # (helper F)
         with cache.atomic_outputs(h5_path, pq_path) as (h5_tmp, pq_tmp):
             with h5py.File(h5_tmp, "w", libver="earliest", track_order=False) as f:
@@ -478,6 +511,7 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
                              ("probs", json.dumps(params.probs, sort_keys=True)),
                              ("scale_range", json.dumps(list(params.scale_range))),
                              ("paste_rules", params.paste_rules), ("color_targets", targets_mode),
+                             ("canvas", params.canvas), ("match_rank", MATCH_RANK),
                              ("splits", ",".join(wanted)), ("db_split", db_split), ("n_images", len(tasks))):
                     f.attrs[k] = v
                 results = ordered_map(distort_task, tasks, jobs=jobs, backend=backend, scheduler=scheduler,
@@ -490,6 +524,9 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
                                               chunks=(1, *res.variants.shape[1:]), **_H5_OPTS)
                         ds.attrs["first_segment"] = res.first
                         ds.attrs["n_segments"] = len(task.class_ids)
+                        ds.attrs["n_pasted"] = int(task.paste.sum())
+                        f.create_dataset(cache.valid_key(res.split, res.image_id), data=res.valid,
+                                         chunks=(1, *res.valid.shape[1:]), **_H5_OPTS)
                         n_segments += len(task.class_ids)
                         batch = pa.record_batch([pa.array(res.columns[fl.name], type=fl.type)
                                                  for fl in cache.DISTORTION_SCHEMA], schema=cache.DISTORTION_SCHEMA)
@@ -518,16 +555,24 @@ def _open_distortions(path: Path) -> h5py.File:
         raise CacheError(path, f"not a readable HDF5 file ({e})") from None
 
 
-def read_distortions(cache_dir: str | Path, split: str, image_id: str) -> np.ndarray:
-    """The ``[K, H, W, 3]`` uint8 variants of one image."""
+def _read_key(cache_dir: str | Path, key: str, what: str, split: str, image_id: str) -> np.ndarray:
     path = Path(cache_dir) / cache.DISTORTIONS_H5
     if path.is_file():
         cache.check_stage_h5(path, cache_dir)  # schema, lineage (helper F)
     with _open_distortions(path) as f:
-        key = cache.image_key(split, image_id)
         if key not in f:
-            raise CacheError(path, f"no variants for image {split}/{image_id}")
+            raise CacheError(path, f"no {what} for image {split}/{image_id}")
         return f[key][...]
+
+
+def read_distortions(cache_dir: str | Path, split: str, image_id: str) -> np.ndarray:
+    """The ``[K, H, W, 3]`` uint8 variants of one image."""
+    return _read_key(cache_dir, cache.image_key(split, image_id), "variants", split, image_id)
+
+
+def read_distortion_valid(cache_dir: str | Path, split: str, image_id: str) -> np.ndarray:
+    """The ``[K, H, W]`` bool validity masks of one image's variants (pixels a segment was pasted on)."""
+    return _read_key(cache_dir, cache.valid_key(split, image_id), "validity masks", split, image_id).astype(bool)
 
 
 def _fit_height(img: np.ndarray, max_height: int) -> np.ndarray:
