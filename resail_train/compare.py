@@ -1,0 +1,601 @@
+"""Side-by-side comparison of training runs: the page behind ``resail compare`` (issue 15).
+
+Input is a list of run folders (``resail compare RUN …``) or the experiments DVC knows
+(``resail compare --exps``, read from ``dvc exp show --json``; each experiment's run folder is read
+at its git revision through :class:`dvc.api.DVCFileSystem`, so nothing has to be checked out).
+Output: ``OUT/index.html`` (self-contained: every image is a ``data:`` URI, every data string is
+HTML-escaped) and ``OUT/compare.md`` with
+
+* one row per run: name, the params that differ between the runs, FID, mIoU, pixel accuracy, the
+  segmenter that scored them, steps, training wall time, and the paper's numbers for the matching
+  ablation table (:mod:`resail_train.paper_ablations`, chosen from the differing key);
+* the training curves of every run overlaid (dvclive ``logs/plots/metrics/train/*.tsv``);
+* one strip per validation image: label map | real | what each run synthesised for that very map
+  (``RUN/eval/<split>/<id>.png`` written by ``resail evaluate``; only ids every run has).
+
+Protocols: a number means something only together with how it was measured (segmentation network
+and its weights, FID reference split and image size, number of images). Runs are grouped by that
+protocol; when there is more than one group every group gets its own table with its protocol spelt
+out above it, so numbers of different protocols never share a column unannounced.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import yaml
+
+from pipeline.errors import ResailError
+from resail_train.paper_ablations import PROTOCOL as PAPER_PROTOCOL
+from resail_train.paper_ablations import PaperTable, TABLES, table_for_params
+
+RUN_FILES = ("metrics.json", "config.yaml", "train_summary.json", "eval_details.json")
+CURVES_DIR = "logs/plots/metrics/train"
+EVAL_DIR = "eval"
+# Keys of metrics.json / eval_details.json that define how the numbers were measured.
+PROTOCOL_KEYS = ("segmenter", "segmenter_weights_sha256", "fid_reference", "fid_weights", "fid_inception",
+                 "split", "n_images", "size")
+# params.yaml keys that only say where things go or how fast: never a "differing param".
+NOISE_PARAMS = ("train.run_dir", "dataset.name", "train.device", "evaluate.device", "report.device",
+                "synthesize.device", "retrieve.device", "decompose.jobs", "distort.jobs", "compose.jobs",
+                "decompose.backend")
+
+
+# --------------------------------------------------------------------------- records
+@dataclass
+class RunRecord:
+    """Everything the page shows about one run."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)  # flat "section.key" → value
+    metrics: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    eval_images: dict[str, Path] = field(default_factory=dict)  # "split/image_id" → PNG
+    cache_dir: Path | None = None
+    source: str = ""  # the run folder, or "exp <name> (<rev>)"
+
+    @property
+    def steps(self) -> int | None:
+        return self.summary.get("step")
+
+    @property
+    def seconds(self) -> float | None:
+        return self.summary.get("seconds")
+
+    def protocol(self) -> dict[str, Any]:
+        """How the metrics were measured (only keys the run records)."""
+        out: dict[str, Any] = {}
+        for k in PROTOCOL_KEYS:
+            v = self.metrics.get(k, self.details.get(k))
+            if v is not None:
+                out[k] = v
+        if "fid" in self.metrics and self.metrics.get("fid") is None:
+            out["fid"] = "not computed"
+        return out
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists kept as values)."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ResailError(path, f"invalid JSON ({e})") from None
+    return d if isinstance(d, dict) else {}
+
+
+def _read_tsv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from resail_train.report import read_tsv
+
+    return read_tsv(path)
+
+
+def _retrieval_params(cache_dir: Path | None) -> dict[str, Any]:
+    """The retrieve params recorded in ``retrieval.parquet`` (Table B's threshold), without reading rows."""
+    if cache_dir is None:
+        return {}
+    p = Path(cache_dir) / "retrieval.parquet"
+    if not p.is_file():
+        return {}
+    try:
+        import pyarrow.parquet as pq
+
+        raw = (pq.read_schema(p).metadata or {}).get(b"resail")
+        return {f"retrieve.{k}": v for k, v in json.loads(raw).items()} if raw else {}
+    except Exception:  # noqa: BLE001 - optional information
+        return {}
+
+
+def load_run(run_dir: str | Path, name: str | None = None, extra_params: dict | None = None,
+             cache_dir: str | Path | None = None) -> RunRecord:
+    """Read a run folder (``config.yaml``, ``metrics.json``, ``train_summary.json``, logs, ``eval/``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResailError(run_dir, "not a run folder (does not exist)")
+    if not any((run_dir / f).is_file() for f in ("config.yaml", "metrics.json", "train_summary.json")):
+        raise ResailError(run_dir, "not a run folder (no config.yaml, metrics.json or train_summary.json)")
+    params: dict[str, Any] = {}
+    cfg_p = run_dir / "config.yaml"
+    if cfg_p.is_file():
+        try:
+            cfg = yaml.safe_load(cfg_p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ResailError(cfg_p, f"invalid YAML ({' '.join(str(e).split())})") from None
+        params.update(flatten(cfg if isinstance(cfg, dict) else {}))
+    summary = _read_json(run_dir / "train_summary.json")
+    if cache_dir is None:
+        from resail_train.synthesis import recorded_cache_dir
+
+        cache_dir = recorded_cache_dir(run_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None and Path(cache_dir).is_dir() else None
+    if extra_params:
+        params.update(extra_params)
+    for k, v in _retrieval_params(cache_dir).items():
+        params.setdefault(k, v)
+    curves = {p.stem: _read_tsv(p) for p in sorted((run_dir / CURVES_DIR).glob("*.tsv"))}
+    images: dict[str, Path] = {}
+    ev = run_dir / EVAL_DIR
+    if ev.is_dir():
+        for p in sorted(ev.rglob("*.png")):
+            images[p.relative_to(ev).with_suffix("").as_posix()] = p
+    return RunRecord(name or run_dir.name, params, _read_json(run_dir / "metrics.json"), summary,
+                     _read_json(run_dir / "eval_details.json"), curves, images, cache_dir, str(run_dir))
+
+
+# --------------------------------------------------------------------------- DVC experiments
+@dataclass
+class ExpEntry:
+    name: str
+    rev: str
+    params: dict[str, Any]
+    baseline: bool
+
+
+def parse_exp_show(data: Any) -> tuple[list[ExpEntry], list[str]]:
+    """Experiments (and their baselines) of ``dvc exp show --json`` → entries, plus notes on skipped ones.
+
+    The workspace row is left out (it repeats an experiment or the baseline); rows with an error or
+    without data (queued, running or failed experiments) are skipped with a note.
+    """
+    if not isinstance(data, list):
+        raise ResailError("dvc exp show --json", "expected a JSON list")
+    entries: list[ExpEntry] = []
+    notes: list[str] = []
+
+    def take(row: dict, baseline: bool) -> None:
+        name = row.get("name") or str(row.get("rev", ""))[:7]
+        d = row.get("data")
+        if row.get("error") or not isinstance(d, dict):
+            err = row.get("error") or {}
+            notes.append(f"{name}: skipped ({(err.get('msg') if isinstance(err, dict) else err) or 'no data'})")
+            return
+        params = {}
+        for fname, pf in (d.get("params") or {}).items():
+            if isinstance(pf, dict) and isinstance(pf.get("data"), dict):
+                params.update(flatten(pf["data"]))
+        entries.append(ExpEntry(str(name), str(row.get("rev")), params, baseline))
+
+    for top in data:
+        if not isinstance(top, dict) or top.get("rev") == "workspace":
+            continue
+        take(top, True)
+        for exp in top.get("experiments") or []:
+            revs = exp.get("revs") or []
+            ex = exp.get("executor") or {}
+            state = ex.get("state") if isinstance(ex, dict) else None
+            if state in ("queued", "running", "failed") or not revs:
+                notes.append(f"{exp.get('name') or '?'}: skipped ({state or 'no revision'})")
+                continue
+            take(revs[0], False)
+    return entries, notes
+
+
+def dvc_exp_show(repo: str | Path) -> Any:
+    """``dvc exp show --json`` of ``repo`` as parsed JSON (one-line error when DVC fails)."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+    try:
+        res = subprocess.run(cmd, cwd=str(repo), capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise ResailError(repo, f"cannot run dvc ({e})") from None
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise ResailError(repo, f"dvc exp show failed: {last}")
+    try:
+        return json.loads(res.stdout)
+    except ValueError as e:
+        raise ResailError(repo, f"dvc exp show printed no JSON ({e})") from None
+
+
+def _fetch_run_files(fs, run_dir: str, dest: Path) -> bool:
+    """Copy the small files of ``run_dir`` at one revision into ``dest`` (no checkpoints)."""
+    got = False
+    for f in RUN_FILES:
+        p = f"{run_dir}/{f}"
+        if fs.exists(p):
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / f).write_bytes(fs.cat_file(p))
+            got = True
+    for sub in (CURVES_DIR, EVAL_DIR):
+        p = f"{run_dir}/{sub}"
+        if not fs.isdir(p):
+            continue
+        for f in fs.find(p):
+            rel = Path(f).relative_to("/" + run_dir if f.startswith("/") else run_dir)
+            if sub == EVAL_DIR and rel.suffix != ".png" or sub == CURVES_DIR and rel.suffix != ".tsv":
+                continue
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(fs.cat_file(f))
+            got = True
+    return got
+
+
+def load_exps(repo: str | Path = ".", work_dir: str | Path | None = None, show: Any = None,
+              include_baseline: bool = True) -> tuple[list[RunRecord], list[str]]:
+    """One :class:`RunRecord` per DVC experiment of ``repo`` (files copied into ``work_dir``)."""
+    from dvc.api import DVCFileSystem
+
+    repo = Path(repo).resolve()
+    entries, notes = parse_exp_show(dvc_exp_show(repo) if show is None else show)
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="resail-compare-"))
+    records: list[RunRecord] = []
+    for e in entries:
+        if e.baseline and not include_baseline:
+            continue
+        run_dir = str(e.params.get("train.run_dir") or f"runs/{e.params.get('dataset.name', '')}").strip("/")
+        dest = work / f"{len(records):02d}_{''.join(c if c.isalnum() or c in '-_.' else '_' for c in e.name)}"
+        fs = DVCFileSystem(str(repo), rev=e.rev)
+        try:
+            found = _fetch_run_files(fs, run_dir, dest)
+        except Exception as err:  # noqa: BLE001 - a missing cache object etc. → note, not a crash
+            notes.append(f"{e.name}: skipped (cannot read {run_dir} at {e.rev[:7]}: {err})")
+            continue
+        if not found:
+            notes.append(f"{e.name}: skipped (no run files under {run_dir} at {e.rev[:7]})")
+            continue
+        params = {k: v for k, v in e.params.items() if not k.startswith(("train.set.", "train.overrides"))}
+        cache = repo / "datasets_cache" / str(e.params.get("dataset.name", ""))
+        rec = load_run(dest, e.name, extra_params=params, cache_dir=cache if cache.is_dir() else None)
+        rec.source = f"exp {e.name} ({e.rev[:7]})" + (" [baseline]" if e.baseline else "")
+        records.append(rec)
+    return records, notes
+
+
+# --------------------------------------------------------------------------- analysis
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return math.isclose(float(a), float(b), rel_tol=0, abs_tol=1e-12)
+    return a == b
+
+
+def differing_params(records: list[RunRecord]) -> list[str]:
+    """Keys whose value is not the same in every run (absent counts as a value), sorted."""
+    keys = sorted(set().union(*(r.params for r in records))) if records else []
+    out = []
+    for k in keys:
+        if k in NOISE_PARAMS or k == "name":
+            continue
+        vals = [r.params.get(k, "<absent>") for r in records]
+        if any(not _same(vals[0], v) for v in vals[1:]):
+            out.append(k)
+    return out
+
+
+def protocol_groups(records: list[RunRecord]) -> list[tuple[dict, list[RunRecord]]]:
+    """Runs grouped by :meth:`RunRecord.protocol`, in first-seen order."""
+    groups: list[tuple[dict, list[RunRecord]]] = []
+    for r in records:
+        p = r.protocol()
+        for gp, rs in groups:
+            if gp == p:
+                rs.append(r)
+                break
+        else:
+            groups.append((p, [r]))
+    return groups
+
+
+def choose_table(records: list[RunRecord], diff: list[str], table: str | None = "auto") -> PaperTable | None:
+    """The paper table to show beside the runs: ``table`` by key, or (``auto``) from the differing params."""
+    if table in (None, "", "none"):
+        return None
+    if table != "auto":
+        key = str(table).upper() if str(table).upper() in ("A", "B") else str(table)
+        if key not in TABLES:
+            raise ResailError("--table", f"unknown paper table {table!r} (3, 4, A, B, auto or none)")
+        return TABLES[key]
+    return table_for_params(diff)
+
+
+def _fmt_num(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return f"{100 * v:.1f}" if pct else f"{v:.2f}"
+
+
+def _fmt_val(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt_val(x) for x in v) + "]"
+    return str(v)
+
+
+def _fmt_time(s: Any) -> str:
+    if not isinstance(s, (int, float)) or isinstance(s, bool):
+        return "—"
+    s = float(s)
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _protocol_text(p: dict) -> str:
+    if not p:
+        return "not recorded (no metrics.json: run `resail evaluate`)"
+    parts = []
+    for k, v in p.items():
+        if k == "segmenter_weights_sha256" and isinstance(v, str):
+            v = v[:12]
+        parts.append(f"{k}={_fmt_val(v)}")
+    return ", ".join(parts)
+
+
+def table_rows(records: list[RunRecord], diff: list[str], paper: PaperTable | None) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells of the comparison table (shared by the HTML and the Markdown)."""
+    head = ["run", *diff, "FID ↓", "mIoU % ↑", "acc % ↑", "segmenter", "steps", "train time"]
+    if paper is not None:
+        head += [f"paper row (Table {paper.key})", "paper FID", "paper mIoU", "paper acc"]
+    rows = []
+    for r in records:
+        m = r.metrics
+        cells = [r.name, *(_fmt_val(r.params.get(k, "—")) for k in diff),
+                 _fmt_num(m.get("fid")), _fmt_num(m.get("miou"), True), _fmt_num(m.get("pixel_acc"), True),
+                 str(m.get("segmenter") or ("—" if not m else "run segnet (not recorded)")),
+                 "—" if r.steps is None else str(r.steps), _fmt_time(r.seconds)]
+        if paper is not None:
+            pr = paper.row_for(r.params.get(paper.param))
+            cells += (["no paper row", "—", "—", "—"] if pr is None else
+                      [pr.label, _fmt_num(pr.fid), "—" if pr.miou is None else f"{pr.miou:.1f}",
+                       "—" if pr.acc is None else f"{pr.acc:.1f}"])
+        rows.append(cells)
+    return head, rows
+
+
+# --------------------------------------------------------------------------- pictures
+def curve_plots(records: list[RunRecord], width: int = 560, height: int = 300) -> list[tuple[str, np.ndarray]]:
+    """One overlay plot per training series (``G_total``, ``D_total`` first), a line per run."""
+    from resail_train.report import line_plot
+
+    names = sorted(set().union(*(r.curves for r in records))) if records else []
+    first = ("G_total", "D_total")
+    names.sort(key=lambda n: (first.index(n) if n in first else len(first), n))
+    out = []
+    for n in names:
+        series = {}
+        for i, r in enumerate(records):
+            if n in r.curves and len(r.curves[n][0]):
+                series[f"{i + 1}: {r.name}"] = r.curves[n]
+        if series:
+            out.append((n, line_plot(series, f"train/{n}", width, height)))
+    return out
+
+
+def common_images(records: list[RunRecord], n: int) -> list[str]:
+    """The first ``n`` (sorted) ``split/image_id`` keys every run synthesised."""
+    if not records:
+        return []
+    keys = set(records[0].eval_images)
+    for r in records[1:]:
+        keys &= set(r.eval_images)
+    return sorted(keys)[:max(0, n)]
+
+
+def _read_rgb(path: Path) -> np.ndarray | None:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if img is None else np.ascontiguousarray(img[:, :, ::-1])
+
+
+def _label_and_real(cache_dir: Path | None, keys: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``key`` → (colourised label map, real image) from the stage cache's dataset, where it can be read."""
+    if cache_dir is None or not keys:
+        return {}
+    try:
+        from pipeline.cache import SegmentDB
+        from pipeline.visualize import colorize_labels
+
+        db = SegmentDB.open(cache_dir)
+        try:
+            adapter = db.open_adapter()
+            out = {}
+            by_split: dict[str, dict] = {}
+            for key in keys:
+                split, image_id = key.split("/", 1)
+                if split not in by_split:
+                    by_split[split] = {ref.image_id: ref for ref in adapter.refs(split)}
+                ref = by_split[split].get(image_id)
+                if ref is None:
+                    continue
+                s = adapter.load(ref)
+                out[key] = (colorize_labels(s.labels, adapter.meta), s.image)
+            return out
+        finally:
+            db.close()
+    except Exception:  # noqa: BLE001 - the strip still shows the generated images
+        return {}
+
+
+def image_strips(records: list[RunRecord], keys: list[str], cache_dir: Path | None) -> list[tuple[str, np.ndarray]]:
+    """Per validation image: label | real | run 1 | run 2 | … (each tile titled)."""
+    from pipeline.visualize import hstack
+    from resail_train.report import labelled, tile
+
+    extra = _label_and_real(cache_dir, keys)
+    strips = []
+    for key in keys:
+        tiles = []
+        if key in extra:
+            lab, real = extra[key]
+            tiles += [labelled(tile(lab, nearest=True), "label"), labelled(tile(real), "real")]
+        for i, r in enumerate(records):
+            img = _read_rgb(r.eval_images[key])
+            if img is not None:
+                tiles.append(labelled(tile(img), f"{i + 1}: {r.name}"[:40]))
+        if tiles:
+            strips.append((key, hstack(tiles)))
+    return strips
+
+
+def png_data_uri(rgb: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:  # pragma: no cover
+        raise ValueError("PNG encoding failed")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- writing
+CSS = ("body{font-family:sans-serif;margin:24px;max-width:1500px}table{border-collapse:collapse;margin:8px 0}"
+       "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;font-size:13px}th{background:#eee}"
+       ".note{color:#444;font-size:13px}.warn{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px}"
+       "img{max-width:100%;margin:4px 0}td.paper{background:#f4f7ff}")
+
+
+def _md_cell(s: str) -> str:
+    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    html: Path
+    markdown: Path
+    n_runs: int
+    differing: list[str]
+    table: str | None
+    n_protocols: int
+    n_images: int
+
+
+def write_compare(records: list[RunRecord], out_dir: str | Path, *, table: str | None = "auto", n_images: int = 4,
+                  cache_dir: str | Path | None = None, notes: Iterable[str] = (),
+                  title: str = "RESAIL run comparison") -> CompareResult:
+    """Write ``OUT/index.html`` and ``OUT/compare.md`` for ``records`` (see the module docstring)."""
+    from pipeline.cache import atomic_outputs
+
+    if not records:
+        raise ResailError(out_dir, "nothing to compare (no runs)")
+    out_dir = Path(out_dir)
+    diff = differing_params(records)
+    paper = choose_table(records, diff, table)
+    groups = protocol_groups(records)
+    cache = Path(cache_dir) if cache_dir else next((r.cache_dir for r in records if r.cache_dir), None)
+    keys = common_images(records, n_images)
+    notes = list(notes)
+    esc = html.escape
+
+    h: list[str] = [f"<!DOCTYPE html><html><head><meta charset=utf-8><title>{esc(title)}</title>"
+                    f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>"]
+    md: list[str] = [f"# {title}", ""]
+    h.append("<p class=note>Runs: " + "; ".join(f"{i + 1}. <b>{esc(r.name)}</b> ({esc(r.source)})"
+                                               for i, r in enumerate(records)) + "</p>")
+    md += ["Runs: " + "; ".join(f"{i + 1}. {r.name} ({r.source})" for i, r in enumerate(records)), ""]
+    if diff:
+        h.append("<p class=note>Params that differ: " + ", ".join(f"<code>{esc(k)}</code>" for k in diff) + "</p>")
+        md += ["Params that differ: " + ", ".join(f"`{k}`" for k in diff), ""]
+    else:
+        h.append("<p class=note>The runs have the same params.</p>")
+        md += ["The runs have the same params.", ""]
+    if paper is not None:
+        pnote = (f"Paper columns: {paper.title}, Shi et al. CVPR 2022, row chosen by <code>{esc(paper.param)}</code>; "
+                 f"paper protocol: {esc(PAPER_PROTOCOL)}. They show the direction the paper reports, not numbers "
+                 "comparable with ours.")
+        h.append(f"<p class=note>{pnote}</p>")
+        md += [f"Paper columns: {paper.title}, Shi et al. CVPR 2022, row chosen by `{paper.param}`; paper "
+               f"protocol: {PAPER_PROTOCOL}. They show the direction the paper reports, not numbers comparable "
+               "with ours.", ""]
+    if len(groups) > 1:
+        w = (f"These runs were measured under {len(groups)} different protocols; each protocol has its own "
+             "table below and numbers of different tables are not comparable.")
+        h.append(f"<p class=warn>{esc(w)}</p>")
+        md += [f"> **Warning:** {w}", ""]
+    h.append("<h2>Results</h2>")
+    md += ["## Results", ""]
+    for gi, (proto, rs) in enumerate(groups):
+        ptxt = _protocol_text(proto)
+        label = f"Protocol {gi + 1}: " if len(groups) > 1 else "Protocol: "
+        h.append(f"<p class=note><b>{esc(label)}</b>{esc(ptxt)}</p>")
+        md += [f"**{label}**{ptxt}", ""]
+        head, rows = table_rows(rs, diff, paper)
+        npaper = 4 if paper is not None else 0
+        h.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr>")
+        for row in rows:
+            h.append("<tr>" + "".join(
+                f"<td{' class=paper' if j >= len(row) - npaper else ''}>{esc(c)}</td>" for j, c in enumerate(row))
+                + "</tr>")
+        h.append("</table>")
+        md += ["| " + " | ".join(_md_cell(c) for c in head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+        md.append("")
+    for n in notes:
+        h.append(f"<p class=note>{esc(n)}</p>")
+        md += [f"- {n}"]
+    if notes:
+        md.append("")
+
+    plots = curve_plots(records)
+    h.append("<h2>Training curves</h2>")
+    if plots:
+        h.append("<p class=note>dvclive series of every run overlaid (legend number = run number).</p>")
+        h += [f'<img alt="{esc("train/" + n)}" src="{png_data_uri(img)}">' for n, img in plots]
+        md += ["## Training curves", "", "Overlaid in index.html: " + ", ".join(f"train/{n}" for n, _ in plots), ""]
+    else:
+        h.append("<p class=note>No dvclive training logs found in these runs.</p>")
+    strips = image_strips(records, keys, cache)
+    h.append("<h2>Same validation label maps, every run</h2>")
+    if strips:
+        h.append("<p class=note>label | real | the image each run synthesised for that label map "
+                 "(<code>eval/</code> of <code>resail evaluate</code>).</p>")
+        h += [f'<p class=note>{esc(k)}</p><img alt="{esc(k)}" src="{png_data_uri(img)}">' for k, img in strips]
+        md += ["## Same validation label maps, every run", "", "In index.html: " + ", ".join(f"`{k}`" for k, _ in strips), ""]
+    else:
+        msg = "No validation image synthesised by every run (run `resail evaluate` on each)."
+        h.append(f"<p class=note>{esc(msg)}</p>")
+        md += [msg, ""]
+    h.append("</body></html>")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_p, md_p = out_dir / "index.html", out_dir / "compare.md"
+    with atomic_outputs(html_p, md_p) as (th, tm):
+        Path(th).write_text("\n".join(h), encoding="utf-8")
+        Path(tm).write_text("\n".join(md) + "\n", encoding="utf-8")
+    return CompareResult(out_dir, html_p, md_p, len(records), diff, None if paper is None else paper.key,
+                         len(groups), len(strips))
