@@ -633,8 +633,8 @@ Root attrs: schema_version, lineage, rank (or 'per-segment'), n_images."""
 
 # --------------------------------------------------------------------------- distortions
 DISTORTIONS_H5 = "distortions.h5"
-DISTORTIONS_SCHEMA_VERSION = 2  # 2: escaped keys, lineage attrs (h5 and parquet)
-"""``distortions.h5`` — per training image ``image_key(split, id)`` uint8 [K, H, W, 3]."""
+DISTORTIONS_SCHEMA_VERSION = 3  # 2: escaped keys, lineage attrs (h5 and parquet); 3: black canvas + per-variant valid masks (helper A)
+"""``distortions.h5`` — per training image ``image_key(split, id)`` uint8 [K, H, W, 3] and ``valid_key(split, id)`` bool [K, H, W]."""
 
 _KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 
@@ -869,7 +869,7 @@ DISTORTION_SCHEMA = pa.schema([
     ("applied", pa.string()), ("color_target", pa.int64()), ("shape_skipped", pa.string()),
     ("n_moved", pa.int32()), ("scale", pa.float32()),
 ])
-"""``distortions.parquet`` — audit of ``distortions.h5``: one row per (image, variant, segment), in
+"""``distortions.parquet`` — audit of ``distortions.h5``: one row per (image, variant, pasted segment), in
 the HDF5's image order, then variant, then segment_id. ``applied``: kinds actually applied joined by
 ``+`` in the order colour, shape, resolution (empty: none); ``color_target``: segment whose lαβ
 statistics were transferred (-1: none); ``shape_skipped``: why a drawn shape distortion was not

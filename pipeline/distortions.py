@@ -46,15 +46,21 @@ distortion degrades the segment *image*; shape defects are the shape distortion'
 
 Recomposition (:func:`distort_image`)
 -------------------------------------
-Output = the real image everywhere outside the union of the (original) segment masks — ignore/void
-pixels and pixels of segments not listed stay bit-exact. Inside the union the output starts black and
-each distorted segment is pasted where its distorted mask says, stuff first, then things, each group
-larger (original area) first, ties by input order; overwrite, never sum. With
-``paste_rules="a1"`` (default) the pastes follow the retrieval composition rules of appendix A.1
-(method notes §3): a stuff segment only paints inside its own original mask; a thing paints inside
-its own mask and on pixels of *stuff* segments, never on other things' pixels. With
-``paste_rules="free"`` the distorted mask alone decides (still restricted to the union). Either way
-shape distortion leaves black holes, as real retrieval guidance does.
+Only the segments marked ``paste`` (default: all; the stage passes "has a retrieval match") are
+distorted and pasted, on a **black canvas** (default, ``canvas="black"``): ignore/void pixels,
+unmatched segments and segments too small to be queries stay 0, exactly where the retrieval
+guidance is black — the released code composes its distorted GT the same way (segments without a
+match are skipped). ``canvas="real"`` keeps the earlier behaviour: the real image outside the
+pasted segments' original masks. Each distorted segment is pasted where its distorted mask says,
+stuff first, then things, each group larger (original area) first, ties by input order;
+overwrite, never sum. With ``paste_rules="a1"`` (default) the pastes follow the retrieval
+composition rules of appendix A.1 (method notes §3): a stuff segment only paints inside its own
+original mask; a thing paints inside its own mask and on pixels of *stuff* segments (matched or
+not: the label map's stuff, as rule 3), never on other things' pixels. With
+``paste_rules="free"`` the distorted mask alone decides (restricted to the union of all
+segments). Either way shape distortion leaves black holes, as real retrieval guidance does. The
+returned ``valid`` map marks every pasted pixel (the stage stores it beside the variant, as
+``guidance.h5`` stores the guidance's).
 
 Randomness
 ----------
@@ -71,10 +77,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-from skimage.transform import ThinPlateSplineTransform
 
 __all__ = [
     "KINDS",
+    "CANVASES",
+    "ThinPlateSpline",
     "LMS_EPS",
     "SIGMA_EPS",
     "rgb_to_lab",
@@ -90,6 +97,8 @@ __all__ = [
 ]
 
 KINDS = ("color", "shape", "resolution")
+#: What a distorted variant shows outside its pasted segments (see :func:`distort_image`).
+CANVASES = ("black", "real")
 
 #: Clamp of LMS before ``log10`` (0–255 RGB scale); see the module docstring.
 LMS_EPS = 0.01
@@ -110,6 +119,12 @@ _LOGLMS2LAB = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.arr
      [1.0, -1.0, 0.0]]
 )
 _LAB2LOGLMS = np.linalg.inv(_LOGLMS2LAB)
+# The same maps on natural logs (ln LMS = ln10 · log10 LMS), and float32 copies for the fast path.
+_LNLMS2LAB = _LOGLMS2LAB / np.log(10.0)
+_LAB2LNLMS = _LAB2LOGLMS * np.log(10.0)
+_RGB2LMS_32 = _RGB2LMS.astype(np.float32)
+_LMS2RGB_32 = _LMS2RGB.astype(np.float32)
+_LNLMS2LAB_32 = _LNLMS2LAB.astype(np.float32)
 
 # Pixels per chunk when evaluating the TPS on a dense grid (bounds the N×10 kernel matrix).
 TPS_GRID_STEP = 4  # spline evaluated exactly every 4 px, bilinear between (see _dense_map)
@@ -142,13 +157,27 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0.0, 255.0, out=rgb)
 
 
+def _lab32(pixels: np.ndarray) -> np.ndarray:
+    """Reinhard lαβ of RGB ``[..., 3]`` in float32 (the fast path of the stage; ≤ 1e-5 from float64)."""
+    lms = np.asarray(pixels, dtype=np.float32) @ _RGB2LMS_32.T
+    np.maximum(lms, np.float32(LMS_EPS), out=lms)
+    np.log(lms, out=lms)
+    return lms @ _LNLMS2LAB_32.T
+
+
 def lab_stats(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel lαβ ``(mean[3], std[3])`` (population std) of RGB pixels ``[n, 3]`` (n ≥ 1)."""
+    """Per-channel lαβ ``(mean[3], std[3])`` (population std) of RGB pixels ``[n, 3]`` (n ≥ 1).
+
+    Converted in float32 (the transcendental part dominated the stage in float64), accumulated in
+    float64: within ~1e-5 of the float64 :func:`rgb_to_lab` statistics."""
     pixels = np.asarray(pixels).reshape(-1, 3)
     if pixels.shape[0] == 0:
         raise ValueError("lab_stats: no pixels")
-    lab = rgb_to_lab(pixels)
-    return lab.mean(axis=0), lab.std(axis=0)
+    lab = _lab32(pixels)
+    mean = lab.mean(axis=0, dtype=np.float64)
+    centred = lab - mean.astype(np.float32)
+    var = np.einsum("ij,ij->j", centred, centred, dtype=np.float64) / lab.shape[0]
+    return mean, np.sqrt(var)
 
 
 def color_transfer(
@@ -163,6 +192,10 @@ def color_transfer(
     its segment's statistics). Channels with ``σs ≤ SIGMA_EPS`` are shifted only. Returns ``uint8``
     of the input's shape, clipped and rounded (``np.rint``). Identity (±1 per channel) when the
     target statistics equal the source statistics.
+
+    Vectorised: lαβ is linear in ln LMS, so the per-channel transfer is one 3×3 affine map in
+    ln-LMS space (``A = Mᵀ·diag(r)·M⁻ᵀ``); a pixel costs two small matrix products, one log and one
+    exp, in float32.
     """
     src = np.asarray(src_rgb)
     if src.shape[-1:] != (3,):
@@ -177,9 +210,21 @@ def color_transfer(
         mu_s = np.asarray(source_stats[0], dtype=np.float64).reshape(3)
         sd_s = np.asarray(source_stats[1], dtype=np.float64).reshape(3)
     ratio = np.where(sd_s > SIGMA_EPS, sd_t / np.where(sd_s > SIGMA_EPS, sd_s, 1.0), 1.0)
-    lab = rgb_to_lab(src)
-    out = (lab - mu_s) * ratio + mu_t
-    return np.rint(lab_to_rgb(out)).astype(np.uint8)
+    # ln LMS' = (ln LMS · Lᵀ − μs)·r + μt, back through L⁻¹ (L = ln-LMS → lαβ).
+    lin = _LNLMS2LAB.T @ np.diag(ratio) @ _LAB2LNLMS.T
+    bias = (mu_t - mu_s * ratio) @ _LAB2LNLMS.T
+    shape = src.shape
+    flat = src.reshape(-1, 3)
+    lms = flat.astype(np.float32) @ _RGB2LMS_32.T
+    np.maximum(lms, np.float32(LMS_EPS), out=lms)
+    np.log(lms, out=lms)
+    out = lms @ lin.astype(np.float32)
+    out += bias.astype(np.float32)
+    np.exp(out, out=out)
+    rgb = out @ _LMS2RGB_32.T
+    np.clip(rgb, 0.0, 255.0, out=rgb)
+    np.rint(rgb, out=rgb)
+    return rgb.astype(np.uint8).reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,12 +293,46 @@ def _degeneracy(points: np.ndarray) -> str | None:
     return None
 
 
-def estimate_backward_tps(src_pts: np.ndarray, dst_pts: np.ndarray) -> ThinPlateSplineTransform | None:
+class ThinPlateSpline:
+    """A 2-D thin-plate spline ``f(p) = a0 + A·p + Σ wᵢ·U(|p − cᵢ|)``, ``U(r) = r²·ln r``, that
+    interpolates ``n`` control points exactly (fitted by one ``(n+3)²`` linear solve).
+
+    Called on ``(m, 2)`` points (x, y) it returns ``(m, 2)``. Small and self-contained: scikit-image's
+    estimator cost more in validation overhead than the fit itself for the 10 points used here.
+    """
+
+    def __init__(self, centres: np.ndarray, values: np.ndarray) -> None:
+        c = np.asarray(centres, dtype=np.float64)
+        n = c.shape[0]
+        system = np.zeros((n + 3, n + 3))
+        system[:n, :n] = self._kernel(np.linalg.norm(c[:, None] - c[None], axis=-1))
+        system[:n, n] = system[n, :n] = 1.0
+        system[:n, n + 1:] = c
+        system[n + 1:, :n] = c.T
+        rhs = np.zeros((n + 3, 2))
+        rhs[:n] = values
+        self.coef = np.linalg.solve(system, rhs)  # LinAlgError when singular
+        self.centres = c
+
+    @staticmethod
+    def _kernel(r: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = r * r * np.log(r)
+        return np.where(r > 0, u, 0.0)
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        n = self.centres.shape[0]
+        d = np.sqrt(((p[:, None, :] - self.centres[None]) ** 2).sum(-1))
+        return self._kernel(d) @ self.coef[:n] + self.coef[n] + p @ self.coef[n + 1:]
+
+
+def estimate_backward_tps(src_pts: np.ndarray, dst_pts: np.ndarray) -> ThinPlateSpline | None:
     """TPS mapping ``dst_pts`` (target, output positions) → ``src_pts`` (where to read).
 
-    Returns None when either point set has duplicates or is collinear (scikit-image does not
-    reliably flag these: it can return a numerically meaningless fit), when scikit-image reports
-    failure, or when the fit does not interpolate the control points (residual > 1e-3 px).
+    Returns None when either point set has duplicates or is collinear (the system is then singular
+    or meaningless), when the solve fails, or when the fit does not interpolate the control points
+    (residual > 1e-3 px).
     """
     src = np.asarray(src_pts, dtype=np.float64)
     dst = np.asarray(dst_pts, dtype=np.float64)
@@ -262,10 +341,8 @@ def estimate_backward_tps(src_pts: np.ndarray, dst_pts: np.ndarray) -> ThinPlate
     if _degeneracy(src) is not None or _degeneracy(dst) is not None:
         return None
     try:
-        tform = ThinPlateSplineTransform.from_estimate(dst, src)
-    except (ValueError, np.linalg.LinAlgError):
-        return None
-    if not tform:
+        tform = ThinPlateSpline(dst, src)
+    except np.linalg.LinAlgError:
         return None
     residual = np.abs(tform(dst) - src).max()
     if not np.isfinite(residual) or residual > 1e-3:
@@ -283,34 +360,26 @@ def _eval_points(tform, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return coords.reshape(len(ys), len(xs), 2)
 
 
-def _lerp_weights(nodes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cell index and fractional position of every pixel 0..n-1 between sorted integer ``nodes``."""
-    px = np.arange(n)
-    i = np.clip(np.searchsorted(nodes, px, side="right") - 1, 0, len(nodes) - 2)
-    return i, (px - nodes[i]) / (nodes[i + 1] - nodes[i])
-
-
 def _dense_map(tform, h: int, w: int, step: int = TPS_GRID_STEP) -> tuple[np.ndarray, np.ndarray]:
-    """Dense backward map (map_x, map_y) of a crop.
+    """Dense backward map (map_x, map_y), float32 ``h×w``, of a crop.
 
-    The spline is smooth at the scale of a few pixels, so it is evaluated exactly on a grid of
-    nodes every ``step`` pixels (plus the last row/column) and interpolated bilinearly in between:
-    exact at the nodes and for affine maps (identity included), within ~0.3 px elsewhere for the
-    warps of shape_distort, and ~step² times cheaper than
-    evaluating every pixel (the radial-basis sum dominates the stage's time otherwise).
+    The spline is smooth at the scale of a few pixels, so it is evaluated exactly on nodes every
+    ``step`` pixels (0, step, 2·step, … up to the first node at or past the last row/column) and
+    interpolated bilinearly in between by ``cv2.remap`` of the node grid at positions ``x/step``
+    (``step`` a power of two, so the positions are exact in remap's 1/32-pixel fixed point): exact
+    at the nodes and for affine maps (identity included), within ~0.3 px elsewhere for the warps of
+    shape_distort, and ~step² times cheaper than evaluating every pixel.
     """
     if h < 2 * step or w < 2 * step:
-        full = _eval_points(tform, np.arange(w), np.arange(h))
+        full = _eval_points(tform, np.arange(w), np.arange(h)).astype(np.float32)
         return full[..., 0], full[..., 1]
-    ny = np.unique(np.r_[np.arange(0, h, step), h - 1])
-    nx = np.unique(np.r_[np.arange(0, w, step), w - 1])
-    c = _eval_points(tform, nx, ny)
-    iy, ty = _lerp_weights(ny, h)
-    ix, tx = _lerp_weights(nx, w)
-    tx3 = tx[None, :, None]
-    top = c[iy][:, ix] * (1 - tx3) + c[iy][:, ix + 1] * tx3
-    bot = c[iy + 1][:, ix] * (1 - tx3) + c[iy + 1][:, ix + 1] * tx3
-    full = top * (1 - ty)[:, None, None] + bot * ty[:, None, None]
+    nx = -(-(w - 1) // step) + 1
+    ny = -(-(h - 1) // step) + 1
+    nodes = _eval_points(tform, np.arange(nx) * step, np.arange(ny) * step).astype(np.float32)
+    pos = np.empty((h, w, 2), np.float32)
+    pos[..., 0] = np.arange(w, dtype=np.float32) / step
+    pos[..., 1] = (np.arange(h, dtype=np.float32) / step)[:, None]
+    full = cv2.remap(nodes, pos, None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return full[..., 0], full[..., 1]
 
 
@@ -330,19 +399,10 @@ def tps_warp(
         raise ValueError("tps_warp: thin-plate spline estimation failed")
     h, w = mask.shape
     map_x, map_y = _dense_map(tform, h, w)
-    out_rgb = cv2.remap(
-        np.ascontiguousarray(rgb),
-        map_x.astype(np.float32),
-        map_y.astype(np.float32),
-        interpolation=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-    xi = np.floor(map_x + 0.5)
-    yi = np.floor(map_y + 0.5)
-    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-    xi = np.clip(xi, 0, w - 1).astype(np.intp)
-    yi = np.clip(yi, 0, h - 1).astype(np.intp)
-    out_mask = inside & mask[yi, xi]
+    out_rgb = cv2.remap(np.ascontiguousarray(rgb), map_x, map_y, interpolation=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+    out_mask = cv2.remap(mask.view(np.uint8), map_x, map_y, interpolation=cv2.INTER_NEAREST,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
     return out_rgb, out_mask
 
 
@@ -462,8 +522,10 @@ def distort_image(
     scale_range: tuple[float, float] = (0.5, 1.0),
     paste_rules: str = "a1",
     shape_kwargs: Mapping[str, Any] | None = None,
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Distort every segment of ``image`` independently and recompose → ``(uint8 image, records)``.
+    paste: Sequence[bool] | None = None,
+    canvas: str = "black",
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Distort the segments of ``image`` independently and recompose → ``(uint8 image, valid, records)``.
 
     ``segments``: ``(box, mask_crop, class_id)`` or ``(box, mask_crop, class_id, is_thing)`` with
     ``box = (y0, x0, y1, x1)`` half-open and ``mask_crop`` bool of the box's shape (missing
@@ -474,9 +536,16 @@ def distort_image(
     (missing kinds: 1.0, as the released code applies all three); a kind not in ``kinds`` never
     fires. ``scale_range``: the resolution scale is ``U(*scale_range)``. ``paste_rules``: ``"a1"``
     or ``"free"`` (module docstring). ``shape_kwargs``: passed to :func:`shape_distort`.
+    ``paste``: per segment, whether it is distorted and pasted (default: all) — the driver passes
+    "has a retrieval match", so the variant shows exactly the segments the guidance pastes; a
+    segment not pasted still draws its block of random numbers (the others' draws do not depend
+    on which segments match) but costs nothing else. ``canvas``: ``"black"`` (default: everything
+    not pasted is 0, as the released code composes its distorted GT) or ``"real"`` (the real image
+    outside the pasted segments' original masks). ``valid`` (H×W bool): pixels that received a
+    paste, plus, on the real canvas, the real pixels outside the pasted segments.
 
     Each record: ``segment`` (input index), ``class_id``, ``is_thing``, ``box``, ``area``,
-    ``paste_rank``, ``applied`` (kinds actually applied, in order), and per kind ``color`` /
+    ``pasted``, ``paste_rank`` (None when not pasted), ``applied`` (kinds actually applied, in order), and per kind ``color`` /
     ``shape`` / ``resolution``: None when it did not fire, else a dict — colour
     ``{target_id, mean, std}`` or ``{skipped: "no_target"}``; shape: :func:`shape_distort`'s info;
     resolution ``{scale}``. Records are JSON-serialisable.
@@ -486,6 +555,10 @@ def distort_image(
         raise ValueError(f"distort_image: image must be H×W×3 uint8, got {image.shape} {image.dtype}")
     if paste_rules not in ("a1", "free"):
         raise ValueError(f"distort_image: paste_rules must be 'a1' or 'free', got {paste_rules!r}")
+    if canvas not in CANVASES:
+        raise ValueError(f"distort_image: canvas must be one of {', '.join(CANVASES)}, got {canvas!r}")
+    if paste is not None and len(paste) != len(segments):
+        raise ValueError("distort_image: paste must have one entry per segment")
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"distort_image: unknown kinds {sorted(unknown)}")
@@ -524,24 +597,31 @@ def distort_image(
         # Fixed block of draws per segment, whatever fires.
         gates = rng.random(3)
         seeds = rng.integers(0, 2**63 - 1, size=3, dtype=np.int64)
-        fires = {kind: (kind in kinds) and bool(gates[i] < p[kind]) for i, kind in enumerate(KINDS)}
-        child = {kind: np.random.default_rng(int(seeds[i])) for i, kind in enumerate(KINDS)}
-
+        pasted = True if paste is None else bool(paste[index])
         area = int(mask_crop.sum())
-        rgb = image[y0:y1, x0:x1].copy()
-        mask = mask_crop.copy()
         record: dict[str, Any] = {
             "segment": index,
             "class_id": class_id,
             "is_thing": is_thing,
             "box": [y0, x0, y1, x1],
             "area": area,
+            "pasted": pasted,
             "paste_rank": None,
             "applied": [],
             "color": None,
             "shape": None,
             "resolution": None,
         }
+        union[y0:y1, x0:x1] |= mask_crop
+        if is_thing:
+            things[y0:y1, x0:x1] |= mask_crop
+        records.append(record)
+        if not pasted:
+            continue
+        fires = {kind: (kind in kinds) and bool(gates[i] < p[kind]) for i, kind in enumerate(KINDS)}
+        child = {kind: np.random.default_rng(int(seeds[i])) for i, kind in enumerate(KINDS)}
+        rgb = image[y0:y1, x0:x1].copy()
+        mask = mask_crop.copy()
 
         if fires["color"]:
             target = _resolve_color_target(color_targets, index, class_id, child["color"])
@@ -565,21 +645,26 @@ def distort_image(
             record["resolution"] = {"scale": scale}
             record["applied"].append("resolution")
 
-        union[y0:y1, x0:x1] |= mask_crop
-        if is_thing:
-            things[y0:y1, x0:x1] |= mask_crop
         results.append(((y0, x0, y1, x1), mask_crop, rgb, mask, is_thing, area, index))
-        records.append(record)
 
-    out = image.copy()
-    out[union] = 0
-    stuff = union & ~things
+    if canvas == "real":
+        out = image.copy()
+        valid = np.ones((img_h, img_w), dtype=bool)
+        for (y0, x0, y1, x1), orig, *_ in results:  # the pasted segments' own pixels start black
+            out[y0:y1, x0:x1][orig] = 0
+            valid[y0:y1, x0:x1][orig] = False
+    else:
+        out = np.zeros_like(image)
+        valid = np.zeros((img_h, img_w), dtype=bool)
     order = sorted(results, key=lambda r: (r[4], -r[5], r[6]))
     for rank, ((y0, x0, y1, x1), orig, rgb, mask, is_thing, _area, index) in enumerate(order):
-        allowed = mask & union[y0:y1, x0:x1]
+        u = union[y0:y1, x0:x1]
         if paste_rules == "a1":
-            allowed &= (orig | stuff[y0:y1, x0:x1]) if is_thing else orig
+            allowed = mask & ((orig | (u & ~things[y0:y1, x0:x1])) if is_thing else orig)
+        else:
+            allowed = mask & u
         region = out[y0:y1, x0:x1]
         region[allowed] = rgb[allowed]
+        valid[y0:y1, x0:x1] |= allowed
         records[index]["paste_rank"] = rank
-    return out, records
+    return out, valid, records

@@ -4,6 +4,8 @@ Params section ``distort`` (every key optional; an explicit option wins):
 ``variants`` (4), ``seed`` (0), ``kinds`` ("color,shape,resolution"), ``p_color`` / ``p_shape`` /
 ``p_resolution`` (1.0 each, as the released code applies all three), ``scale_min`` / ``scale_max``
 (0.5 / 1.0, the resolution scale range), ``paste_rules`` ("a1"), ``color_targets`` ("auto"),
+``canvas`` ("black": a variant shows only the segments with a retrieval match, black elsewhere, as the
+released code; "real": the real image outside them, the earlier behaviour),
 ``splits`` (extra splits besides the database split; default none), ``jobs`` (1), ``backend`` ("loky").
 
 Also ``bench_command``: ``resail bench distort`` (attach it to the ``bench`` group).
@@ -13,7 +15,7 @@ from __future__ import annotations
 import click
 
 from pipeline.distorted_gt import COLOR_TARGET_MODES, DistortParams, build_distortions, parse_kinds, preview
-from pipeline.distortions import KINDS
+from pipeline.distortions import CANVASES, KINDS
 from stages.params import Params, split_list
 
 
@@ -30,6 +32,9 @@ from stages.params import Params, split_list
 @click.option("--color-targets", type=click.Choice(COLOR_TARGET_MODES), default=None,
               help="where colour targets come from: retrieved candidates, same-class segments of other images, "
                    "or retrieval when retrieval.parquet exists [params: distort.color_targets; auto]")
+@click.option("--canvas", type=click.Choice(CANVASES), default=None,
+              help="black: only segments with a retrieval match, black elsewhere (as the guidance, as the released "
+                   "code); real: the real image outside them [params: distort.canvas; black]")
 @click.option("--splits", default=None,
               help="comma-separated splits to distort besides the database split [params: distort.splits]")
 @click.option("--format", "fmt", default=None, help="dataset layout [default: the one recorded by decompose]")
@@ -45,7 +50,7 @@ from stages.params import Params, split_list
               help="folder of the preview PNGs [default: CACHE/distort_preview]")
 @click.option("--progress/--no-progress", default=True)
 @click.pass_obj
-def command(p: Params, cache_dir, variants, seed, kinds, p_color, p_shape, p_resolution, color_targets, splits, fmt,
+def command(p: Params, cache_dir, variants, seed, kinds, p_color, p_shape, p_resolution, color_targets, canvas, splits, fmt,
             data_root, jobs, backend, scheduler, n_preview, preview_dir, progress) -> None:
     """Pre-generate K distorted versions of every training image (colour, shape, resolution per segment)."""
     cache_dir = p.dataset_cache(cache_dir)
@@ -59,6 +64,7 @@ def command(p: Params, cache_dir, variants, seed, kinds, p_color, p_shape, p_res
         scale_range=(float(p.get("distort", "scale_min", None, 0.5)), float(p.get("distort", "scale_max", None, 1.0))),
         paste_rules=str(p.get("distort", "paste_rules", None, "a1")),
         color_targets=str(p.get("distort", "color_targets", color_targets, "auto")),
+        canvas=str(p.get("distort", "canvas", canvas, "black")),
     )
     summary = build_distortions(
         cache_dir, params, splits=split_list(p.get("distort", "splits", splits)), fmt=fmt, data_root=data_root,

@@ -17,7 +17,8 @@ from pipeline.cache import SegmentDB
 from pipeline.datasets import open_dataset
 from pipeline.decomposition import DecomposeParams, build_segment_db
 from pipeline.distorted_gt import (DistortParams, build_color_targets, build_distortions, image_hash,
-                                   read_distortions, variant_rng)
+                                   matched_segments, read_distortion_valid, read_distortions, variant_rng)
+from pipeline.retrieval_db import run_retrieval
 from pipeline.distortions import lab_stats
 from pipeline.errors import CacheError, ConfigError
 from stages.cli import main
@@ -44,6 +45,7 @@ def toy_cache(tmp_path_factory) -> Path:
     root = make_toy_dataset(base / "toy", n_train=6, n_val=2, seed=3)
     build_segment_db(open_dataset("folder", root), base / "cache", params=DecomposeParams(min_area=4, mask_size=32),
                      progress=False)
+    run_retrieval(base / "cache", progress=False)
     return base / "cache"
 
 
@@ -79,7 +81,8 @@ def union_masks(db: SegmentDB, row: dict) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------
 def test_shapes_untouched_pixels_and_audit_table(work_cache):
-    res = distort_cli(work_cache, "--variants", str(K), "--seed", "5")
+    """The real canvas (the earlier behaviour, kept as an option): every segment distorted, the rest real."""
+    res = distort_cli(work_cache, "--variants", str(K), "--seed", "5", "--canvas", "real", "--color-targets", "class")
     assert res.exit_code == 0, res.output
     assert "6 images × 3 variants" in res.output
     real = real_images(work_cache)
@@ -89,7 +92,9 @@ def test_shapes_untouched_pixels_and_audit_table(work_cache):
     audit = table.to_pylist()
     with SegmentDB.open(work_cache) as db, h5py.File(work_cache / cache.DISTORTIONS_H5, "r") as f:
         rows = db.image_rows("train")
-        assert set(f.keys()) == {"train"} and sorted(f["train"].keys()) == sorted(real)  # only the database split
+        assert set(f.keys()) == {"train"}  # only the database split: variants + valid masks of each image
+        assert {f"/train/{k}" for k in f["train"].keys()} == ({cache.image_key("train", i) for i in real}
+                                                              | {cache.valid_key("train", i) for i in real})
         assert (f.attrs["seed"], f.attrs["variants"], f.attrs["n_images"]) == (5, K, len(rows))
         assert f.attrs["kinds"] == "color,shape,resolution" and f.attrs["color_targets"] == "class"
         class_ids, splits, image_of = db.col("class_id"), db.col("split"), np.repeat(
@@ -103,9 +108,12 @@ def test_shapes_untouched_pixels_and_audit_table(work_cache):
             outside = ~union_masks(db, row)
             void = cv2.imread(str(labels_root / f"{row['image_id']}.png"), cv2.IMREAD_UNCHANGED) == 255
             assert void.any() and outside[void].all()
+            valid = f[cache.valid_key("train", row["image_id"])]
+            assert valid.shape == (K, row["height"], row["width"]) and valid.chunks == (1, *valid.shape[1:])
             for v in range(K):
                 assert np.array_equal(data[v][outside], img[outside])
                 assert not np.array_equal(data[v], img)
+                assert valid[v][outside].all() and not valid[v][~outside].all()
             expected_keys += [("train", row["image_id"], v, sid) for v in range(K)
                               for sid in range(row["first_segment"], row["first_segment"] + row["n_segments"])]
     # audit: exactly K × segments rows, in h5 image order, then variant, then segment
@@ -143,7 +151,7 @@ def test_bytes_identical_across_jobs_and_runs_and_seed_matters(toy_cache, tmp_pa
     build_distortions(toy_cache, params, splits=["val"], out_dir=tmp_path / "val", progress=False)
     with h5py.File(tmp_path / "j1" / cache.DISTORTIONS_H5, "r") as a, \
             h5py.File(tmp_path / "val" / cache.DISTORTIONS_H5, "r") as b:
-        assert sorted(b.keys()) == ["train", "val"] and len(b["val"]) == 2 and b.attrs["splits"] == "train,val"
+        assert sorted(b.keys()) == ["train", "val"] and len(b["val"]) == 2 * 2 and b.attrs["splits"] == "train,val"  # variants + valid
         for key in a["train"]:
             assert np.array_equal(a["train"][key][...], b["train"][key][...])
     assert variant_rng(1, "train", "a", 0).random() != variant_rng(1, "train", "a", 1).random()
@@ -151,7 +159,7 @@ def test_bytes_identical_across_jobs_and_runs_and_seed_matters(toy_cache, tmp_pa
 
 
 def test_resolution_only_keeps_colours_and_shapes(work_cache):
-    res = distort_cli(work_cache, "--variants", "2", "--kinds", "resolution")
+    res = distort_cli(work_cache, "--variants", "2", "--kinds", "resolution", "--canvas", "real")
     assert res.exit_code == 0, res.output
     audit = pq.read_table(work_cache / cache.DISTORTIONS_PARQUET).to_pylist()
     assert {r["applied"] for r in audit} == {"resolution"} and {r["color_target"] for r in audit} == {-1}
@@ -193,7 +201,7 @@ def test_color_targets_from_retrieval_when_present(work_cache):
     cache.write_retrieval({"query_id": q, "rank": rank, "candidate_id": c, "score": np.zeros(n),
                            "shape_term": np.zeros(n), "scale_term": np.zeros(n)},
                           work_cache / cache.RETRIEVAL_PARQUET, {"k": 3})
-    res = distort_cli(work_cache, "--variants", "4", "--kinds", "color")
+    res = distort_cli(work_cache, "--variants", "4", "--kinds", "color", "--canvas", "real")
     assert res.exit_code == 0, res.output
     with h5py.File(work_cache / cache.DISTORTIONS_H5, "r") as f:
         assert f.attrs["color_targets"] == "retrieval"
@@ -209,7 +217,7 @@ def test_color_targets_from_retrieval_when_present(work_cache):
             assert class_ids[t] == class_ids[r["segment_id"]] and image_of[t] != image_of[r["segment_id"]]
     assert seen_fallback and len({r["color_target"] for r in audit if r["segment_id"] in allowed}) > 1
     # --color-targets class ignores the file; a stale retrieval file is a clear error
-    res = distort_cli(work_cache, "--variants", "1", "--color-targets", "class")
+    res = distort_cli(work_cache, "--variants", "1", "--color-targets", "class", "--canvas", "real")
     assert res.exit_code == 0, res.output
     with h5py.File(work_cache / cache.DISTORTIONS_H5, "r") as f:
         assert f.attrs["color_targets"] == "class"
@@ -244,6 +252,9 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path):
     assert res.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error:"), res.output
     assert str(empty / cache.SEGMENTS_PARQUET) in lines[0] and not (empty / cache.DISTORTIONS_H5).exists()
     assert not list(empty.iterdir())
+    res = distort_cli(work_cache, "--variants", "1")  # black canvas: needs the retrieval matches
+    assert res.exit_code != 0 and res.output.count("\n") == 1 and "retrieval.parquet: missing" in res.output
+    run_retrieval(work_cache, progress=False)
 
     moved = tmp_path / "moved_data"
     root.rename(moved)

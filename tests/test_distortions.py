@@ -229,11 +229,11 @@ def test_resolution_keeps_size_and_is_identity_at_scale_one():
 def test_recomposition_leaves_non_segment_pixels_untouched():
     image, segments, union = scene()
     for rules in ("a1", "free"):
-        out, records = D.distort_image(
-            image, segments, color_targets_fn, np.random.default_rng(1), paste_rules=rules
+        out, valid, records = D.distort_image(
+            image, segments, color_targets_fn, np.random.default_rng(1), paste_rules=rules, canvas="real"
         )
         assert out.shape == image.shape and out.dtype == np.uint8
-        assert np.array_equal(out[~union], image[~union])
+        assert np.array_equal(out[~union], image[~union]) and valid[~union].all()
         assert not np.array_equal(out[union], image[union])
         assert len(records) == len(segments)
         assert sorted(r["paste_rank"] for r in records) == list(range(len(segments)))
@@ -242,16 +242,16 @@ def test_recomposition_leaves_non_segment_pixels_untouched():
 
 def test_recomposition_without_distortion_is_identity_and_a1_confines_stuff():
     image, segments, union = scene()
-    out, records = D.distort_image(
+    out, valid, records = D.distort_image(
         image, segments, None, np.random.default_rng(0),
-        probs={"color": 0.0, "shape": 0.0, "resolution": 0.0},
+        probs={"color": 0.0, "shape": 0.0, "resolution": 0.0}, canvas="real",
     )
-    assert np.array_equal(out, image)
+    assert np.array_equal(out, image) and valid.all()
     assert all(r["applied"] == [] for r in records)
     # shape only, a1 rules: a stuff segment never paints outside its own mask, so every pixel
     # of a stuff segment is either its own (shape-warped) content or black
-    out, records = D.distort_image(
-        image, segments, None, np.random.default_rng(2), kinds=("shape",)
+    out, _, records = D.distort_image(
+        image, segments, None, np.random.default_rng(2), kinds=("shape",), canvas="real"
     )
     assert any("shape" in r["applied"] for r in records)
     things = np.zeros(union.shape, bool)
@@ -265,7 +265,7 @@ def test_color_targets_sequence_and_missing_target():
     image, segments, _ = scene()
     targets = [None] + [(np.array([4.0, 0.0, 0.0]), np.array([0.1, 0.01, 0.01]), f"t{i}")
                         for i in range(1, len(segments))]
-    _, records = D.distort_image(image, segments, targets, np.random.default_rng(0), kinds=("color",))
+    _, _, records = D.distort_image(image, segments, targets, np.random.default_rng(0), kinds=("color",))
     assert records[0]["color"] == {"skipped": "no_target"} and records[0]["applied"] == []
     assert records[1]["color"]["target_id"] == "t1" and records[1]["applied"] == ["color"]
     with pytest.raises(ValueError):
@@ -274,13 +274,13 @@ def test_color_targets_sequence_and_missing_target():
 
 def test_determinism_and_independent_streams():
     image, segments, _ = scene()
-    a, ra = D.distort_image(image, segments, color_targets_fn, np.random.default_rng(42))
-    b, rb = D.distort_image(image, segments, color_targets_fn, np.random.default_rng(42))
-    c, _ = D.distort_image(image, segments, color_targets_fn, np.random.default_rng(43))
+    a, _, ra = D.distort_image(image, segments, color_targets_fn, np.random.default_rng(42))
+    b, _, rb = D.distort_image(image, segments, color_targets_fn, np.random.default_rng(42))
+    c, _, _ = D.distort_image(image, segments, color_targets_fn, np.random.default_rng(43))
     assert a.tobytes() == b.tobytes() and json.dumps(ra) == json.dumps(rb)
     assert a.tobytes() != c.tobytes()
     # turning shape off does not reshuffle the colour targets or the resolution scales
-    _, rn = D.distort_image(
+    _, _, rn = D.distort_image(
         image, segments, color_targets_fn, np.random.default_rng(42), probs={"shape": 0.0}
     )
     assert [r["color"] for r in rn] == [r["color"] for r in ra]
@@ -305,4 +305,4 @@ def test_dense_map_matches_exact_spline_evaluation():
     map_x, map_y = _dense_map(tform, h, w)
     err = np.hypot(map_x - exact[..., 0], map_y - exact[..., 1])
     assert err.max() < 0.5  # measured ≈ 0.3 px at the sharpest bend, invisible after bilinear sampling
-    assert np.allclose(err[::TPS_GRID_STEP, ::TPS_GRID_STEP], 0, atol=1e-9)
+    assert np.allclose(err[::TPS_GRID_STEP, ::TPS_GRID_STEP], 0, atol=1e-3)  # float32 nodes
