@@ -377,6 +377,18 @@ class SegmentWriter:
 
 
 # --------------------------------------------------------------------------- segment DB reader
+def _check_segments_schema(h5_path: Path) -> None:
+    """An older segment database (other columns/attrs) is one line saying how to rebuild it."""
+    try:
+        with h5py.File(h5_path, "r") as f:
+            got = int(f.attrs.get("schema_version", 0))
+    except (OSError, TypeError, ValueError):
+        return  # unreadable: SegmentDB.open reports it below
+    if got != SCHEMA_VERSION:
+        raise CacheError(h5_path, f"segment database schema {got}, this version reads {SCHEMA_VERSION}: "
+                                  f"{_rebuild('decompose')}")
+
+
 @dataclass
 class SegmentDB:
     """Read access to a decomposed dataset, validated against the schema on open."""
@@ -399,6 +411,7 @@ class SegmentDB:
             if not p.is_file():
                 raise CacheError(p, "missing (run `resail decompose` first)")
         segments_lineage(cache_dir)  # same decompose run in all three files, current schema
+        _check_segments_schema(h5_p)
         segments = _read_parquet(seg_p, SEGMENT_SCHEMA)
         images = _read_parquet(img_p, IMAGE_SCHEMA)
         try:

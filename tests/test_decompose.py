@@ -334,3 +334,14 @@ def test_explicitly_requested_empty_split_is_refused(toy_dataset, tmp_path):
     res = decompose_cli(toy_dataset, tmp_path / "c", "--splits", "train,test")
     assert res.exit_code != 0 and "test contain no images" in res.output and str(toy_dataset) in res.output
     assert decompose_cli(toy_dataset, tmp_path / "c2").exit_code == 0  # all splits: the empty one is just empty
+
+
+def test_an_older_segment_schema_says_rebuild(toy_dataset, tmp_path):
+    import h5py
+
+    out = tmp_path / "cache"
+    assert decompose_cli(toy_dataset, out).exit_code == 0
+    with h5py.File(out / cache.SEGMENTS_H5, "r+") as f:
+        f.attrs["schema_version"] = 2  # before the query flag, source size, adapter options, resize
+    with pytest.raises(cache.CacheError, match="schema 2.*rebuild with `resail decompose`"):
+        SegmentDB.open(out)

@@ -1,0 +1,114 @@
+"""How much of the retrieval guidance stays black, per pruning mode and ``max_score`` (issue 10 item 3).
+
+A segment is black in the guidance when it has no retrieval rows: it was pruned per image
+(``decompose.pruning: image``, no query) or no candidate of its class is admissible (``D >
+max_score``, or the class has no candidate outside the query's own image). Pixel shares come from
+the real composition (``guidance.h5`` ``valid`` maps, all four paste rules), so void pixels and
+segments below ``min_area`` count as black too; the last columns count only labelled (non-void)
+pixels.
+
+Run: ``python -m benchmarks.black_share --format folder --data-root data/camvid_demo``.
+Every (pruning, max_score) pair decomposes (once per pruning), retrieves and composes in a
+temporary folder; nothing is written elsewhere.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cache import SegmentDB
+from pipeline.datasets import open_dataset
+from pipeline.decomposition import DecomposeParams, build_segment_db
+from pipeline.guidance import compose_dataset, read_guidance
+from pipeline.retrieval import RetrievalParams
+from pipeline.retrieval_db import run_retrieval
+from pipeline.segments import PRUNING_MODES
+
+SPLITS = ("train", "val")
+
+
+def _labelled_pixels(cache_dir: Path) -> dict[tuple[str, str], int]:
+    """Non-void pixels of every image (independent of the settings)."""
+    with SegmentDB.open(cache_dir) as db:
+        adapter = db.open_adapter()
+        ignore = db.meta.ignore_id
+        return {(r.split, r.image_id): int((adapter.load(r).labels != ignore).sum()) for r in db.sample_refs(adapter)}
+
+
+def measure(cache_dir: Path, labelled: dict[tuple[str, str], int], max_score: float | None, jobs: int) -> dict:
+    """Black shares of one cache after retrieval with ``max_score`` and composition."""
+    params = RetrievalParams(k=10, max_score=math.inf if max_score is None else float(max_score))
+    run_retrieval(cache_dir, params, device="cpu", progress=False)
+    compose_dataset(cache_dir, jobs=jobs, progress=False)
+    import pyarrow.parquet as pq
+
+    matched = set(pq.read_table(cache_dir / "retrieval.parquet", columns=["query_id"]).column("query_id").to_pylist())
+    out = {}
+    with SegmentDB.open(cache_dir) as db:
+        split_col = db.col("split")
+        has = np.zeros(len(db), bool)
+        has[list(matched)] = True
+        for split in SPLITS:
+            sel = split_col == split
+            if not sel.any():
+                continue
+            black = tot = black_lab = lab = 0
+            for r in db.image_rows(split):
+                _, valid = read_guidance(cache_dir, split, r["image_id"])
+                black += int((~valid).sum())
+                tot += valid.size
+                n_lab = labelled[(split, r["image_id"])]
+                lab += n_lab
+                black_lab += n_lab - int(valid.sum())  # pasted pixels are never void (rule: nothing pasted on void)
+            out[split] = dict(segments=float((~has[sel]).mean()), pruned=float((~db.col("query")[sel]).mean()),
+                              pixels=black / tot, labelled=black_lab / max(lab, 1), n_segments=int(sel.sum()))
+    return out
+
+
+def run_black_share(fmt: str, data_root: str | Path, *, max_scores=(None, 0.58, 0.15), prunings=PRUNING_MODES,
+                    jobs: int = 2, options: dict | None = None, resize: str | None = None) -> list[dict]:
+    adapter = open_dataset(fmt, data_root, options, resize)
+    rows = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        labelled = None
+        for pruning in prunings:
+            cache_dir = Path(tmp) / pruning
+            build_segment_db(adapter, cache_dir, params=DecomposeParams(pruning=pruning), jobs=jobs, progress=False)
+            if labelled is None:
+                labelled = _labelled_pixels(cache_dir)
+            for ms in max_scores:
+                rows.append(dict(pruning=pruning, max_score=ms, **{s: v for s, v in measure(cache_dir, labelled, ms, jobs).items()}))
+    n_img = len(labelled or {})
+    print(f"black share of the retrieval guidance: {data_root} ({fmt}), {n_img} images, min_area 16, "
+          f"preserved_ratio 0.9, k 10, step scale term ({time.perf_counter() - t0:.0f} s)")
+    print("| pruning | max_score | segments black (train) | pixels black (train) | labelled px black (train) "
+          "| segments black (val) | pixels black (val) | labelled px black (val) | pruned queries (train / val) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t, v = r.get("train", {}), r.get("val", {})
+        cell = lambda d, k: f"{100 * d[k]:.1f} %" if k in d else "–"  # noqa: E731
+        print(f"| {r['pruning']} | {'null' if r['max_score'] is None else r['max_score']} | {cell(t, 'segments')} | "
+              f"{cell(t, 'pixels')} | {cell(t, 'labelled')} | {cell(v, 'segments')} | {cell(v, 'pixels')} | "
+              f"{cell(v, 'labelled')} | {cell(t, 'pruned')} / {cell(v, 'pruned')} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--format", default="folder")
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--max-scores", default="null,0.58,0.15", help="comma list; null = no threshold")
+    a = ap.parse_args(argv)
+    ms = tuple(None if s.strip() in ("null", "none", "") else float(s) for s in a.max_scores.split(","))
+    run_black_share(a.format, a.data_root, max_scores=ms, jobs=a.jobs)
+
+
+if __name__ == "__main__":
+    main()
