@@ -30,6 +30,8 @@ def _register() -> None:
     from stages.distort import bench_command as distort_bench
 
     command.add_command(distort_bench)
+    from stages.bench_evaluate import command as evaluate_bench  # helper D: resail bench evaluate
+    command.add_command(evaluate_bench)
 
 
 _register()
