@@ -295,3 +295,68 @@ def test_preview_writes_strips(work_cache):
     assert strip.shape == (h, 3 * w + 2 * 4, 3)
     assert np.array_equal(strip[:, :w, ::-1], real)
     assert np.array_equal(strip[:, w + 4:2 * w + 4, ::-1], read_distortions(work_cache, "train", "train_000")[0])
+
+
+def _handmade_dataset(root: Path) -> Path:
+    """4 training images of sky over road with one car; train_000 also has a person (a class no
+    other image has: no retrieval match), a void block and a 3×3 tree (below min_area)."""
+    import json
+
+    from tests.conftest import TOY_CLASSES
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps(TOY_CLASSES))
+    for sub in ("images", "labels"):
+        (root / "train" / sub).mkdir(parents=True)
+    for i in range(4):
+        lab = np.zeros((48, 64), np.uint8)
+        lab[24:] = 1
+        lab[30:40, 8 + 10 * i:22 + 10 * i] = 3
+        if i == 0:
+            lab[4:12, 40:50] = 4  # person: unique class
+            lab[2:8, 4:12] = 255  # void
+            lab[14:17, 25:28] = 2  # tiny tree: 9 px < min_area
+        img = rng.integers(1, 256, (48, 64, 3), dtype=np.uint8)  # no black pixel in the real images
+        cv2.imwrite(str(root / "train" / "images" / f"train_{i:03d}.png"), img)
+        cv2.imwrite(str(root / "train" / "labels" / f"train_{i:03d}.png"), lab)
+    return root
+
+
+def test_black_canvas_is_black_exactly_where_the_guidance_is(tmp_path):
+    from benchmarks.distort import guidance_black_share
+    from pipeline.guidance import compose_dataset, read_guidance
+
+    root = _handmade_dataset(tmp_path / "hand")
+    cache_dir = tmp_path / "cache"
+    build_segment_db(open_dataset("folder", root), cache_dir, params=DecomposeParams(min_area=16, mask_size=32),
+                     progress=False)
+    run_retrieval(cache_dir, progress=False)
+    compose_dataset(cache_dir, progress=False)
+    build_distortions(cache_dir, DistortParams(variants=3, seed=1), progress=False)
+    lab = cv2.imread(str(root / "train" / "labels" / "train_000.png"), cv2.IMREAD_UNCHANGED)
+    black = (lab == 4) | (lab == 255) | (lab == 2)  # unmatched, void, too small
+    with SegmentDB.open(cache_dir) as db:
+        matched = matched_segments(db)
+        cls = db.col("class_id")
+        assert not matched[cls == 4].any() and not (cls == 2).any()  # premise: no match, dropped
+        assert matched[cls != 4].all()
+    for image_id in ("train_000", "train_001"):
+        out = read_distortions(cache_dir, "train", image_id)
+        valid = read_distortion_valid(cache_dir, "train", image_id)
+        guidance, g_valid = read_guidance(cache_dir, "train", image_id)
+        assert valid.shape == out.shape[:3] and valid.dtype == bool
+        assert np.array_equal(valid, (out > 0).any(-1))  # real images have no black pixel
+        if image_id == "train_000":
+            assert (out[:, black] == 0).all() and not valid[:, black].any() and not g_valid[black].any()
+        assert valid[:, ~black].mean() > 0.8  # matched segments show content (shape holes aside)
+    shares = guidance_black_share(cache_dir)
+    assert shares["outside_matched"] == 0.0  # no pixel outside the pasted segments shows anything
+    assert shares["n_black"] > 0 and 0.0 <= shares["any"] <= 1.0
+    # the earlier behaviour, as an option: real content where the guidance is black
+    build_distortions(cache_dir, DistortParams(variants=1, seed=1, canvas="real"), progress=False)
+    out = read_distortions(cache_dir, "train", "train_000")
+    real = open_dataset("folder", root).load(open_dataset("folder", root).refs("train")[0]).image
+    untouched = (lab == 255) | (lab == 2)  # in no segment; the real canvas distorts every segment (the person too)
+    assert np.array_equal(out[0][untouched], real[untouched])
+    assert guidance_black_share(cache_dir)["outside_matched"] > 0.9
