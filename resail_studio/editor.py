@@ -133,7 +133,9 @@ class MapEdit:
         for i in missing:
             uniq.setdefault(keys[i], i)
         if uniq:
-            todo = list(uniq.values())
+            # A new map is searched as one batch of all its segments, exactly the call `resail
+            # synthesize` makes; a repaint searches only the segments not seen before.
+            todo = list(range(len(segs))) if not self._memo else list(uniq.values())
             top = self.syn.online.retrieve_segments([segs[i] for i in todo])
             for q, i in enumerate(todo):
                 part = top.for_query(q)
