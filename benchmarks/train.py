@@ -124,7 +124,7 @@ def _measure(cache_dir: Path, cfg, device: str, steps: int, warmup: int, work: P
         for k in range(warmup + steps):
             _sync(dev)
             t0 = time.perf_counter()
-            out = tr.G(x["seg"], x["distorted"])
+            out = tr.G(x["seg"], x[tr.passes[0].key])  # the first pass of data.guidance_mode
             out.float().mean().backward()
             tr.G.zero_grad(set_to_none=True)
             _sync(dev)

@@ -11,8 +11,14 @@ Every problem is a :class:`pipeline.errors.ConfigError` naming the config file.
 Built-in configs (see each file's header for the paper values they carry):
 
 * ``demo`` — the camvid_demo run of ``make demo``: trains in minutes on 2 CPU cores.
-* ``cityscapes``, ``ade20k``, ``coco-stuff`` — the paper's settings (method.md §6); they refuse to
-  start without VGG19 weights (``loss.vgg_required``).
+* ``cityscapes``, ``ade20k``, ``ade20k-outdoor``, ``coco-stuff`` — the paper's settings (method.md §6)
+  with the released ``settings.sh`` global batch sizes (3, 8, 2, 3) and 100 + 100 epochs; they refuse
+  to start without VGG19 weights (``loss.vgg_required``).
+
+Keys added later (``data.guidance_mode``, ``loss.vgg_input``, …) are filled from
+:data:`LEGACY_DEFAULTS` — the value that reproduces what an older config or checkpoint meant — when
+a config lacks them; the retired ``loss.retrieval_pass: false`` reads as ``data.guidance_mode:
+distorted-gt``.
 """
 from __future__ import annotations
 
@@ -25,10 +31,11 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from pipeline.errors import ConfigError
+from resail_train.guidance_modes import MODE_NAMES as GUIDANCE_MODE_NAMES
 from resail_train.norms import norm_names
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CONFIG_NAMES = ("demo", "cityscapes", "ade20k", "coco-stuff")
+CONFIG_NAMES = ("demo", "cityscapes", "ade20k", "ade20k-outdoor", "coco-stuff")
 
 VGG_HELP = ("the VGG19 perceptual loss needs ImageNet VGG19 weights: a torchvision-format state dict "
             "(keys features.N.weight/bias), e.g. torchvision's vgg19-dcbb9e9d.pth from "
@@ -112,9 +119,11 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "split": _str,
         "load_size": _optional(_size),
+        "allow_resize": _bool,  # accept a load_size that differs from the cache's --resize (optional, default false)
         "crop_size": _size,
         "flip": _bool,
         "guidance_sampling": _choice("rank0", "topk"),
+        "guidance_mode": _choice(*GUIDANCE_MODE_NAMES),  # paper Table 4 (resail_train/guidance_modes.py)
         "topk": _int(1),
         "instance_edges": _bool,
         "num_workers": _int(0),
@@ -144,7 +153,7 @@ SCHEMA: dict[str, Any] = {
         "lambda_vgg": _float(0.0),
         "lambda_seg": _float(0.0),
         "vgg_required": _bool,
-        "retrieval_pass": _bool,
+        "vgg_input": _choice("raw", "imagenet"),  # raw [-1, 1] as SPADE/released; imagenet = mean/std first
     },
     "segnet": {
         "path": _optional(_str),
@@ -162,6 +171,9 @@ SCHEMA: dict[str, Any] = {
         "n_samples": _int(1),
         "latest_every": _int(1),
         "checkpoint_every": _int(1),
+        "fid_every": _int(0),  # helper D (issue 11): validation FID every N steps, checkpoints/best.pt; 0 = off
+        "fid_images": _int(2),  # the fixed validation subset (first N images of fid_split)
+        "fid_split": _str,
     },
 }
 
@@ -295,8 +307,38 @@ def apply_overrides(data: dict, overrides: Iterable[str] | dict | None, source: 
         node[parts[-1]] = value
 
 
+#: Keys added after configs were first written, with the value that reproduces what a config (or a
+#: checkpoint's stored config) written before them meant: such a config gets it when the key is missing.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "data.guidance_mode": "retrieval+distorted-gt",  # the two passes every earlier run trained with
+    "loss.vgg_input": "imagenet",  # earlier runs standardised the VGG input with the ImageNet mean/std
+    "data.allow_resize": False,  # helper B (issue 12): the cache resolution check applies unless set
+    "log.fid_every": 0,  # helper D (issue 11): no validation FID unless asked for
+    "log.fid_images": 50,
+    "log.fid_split": "val",
+}
+
+
+def upgrade_legacy(data: dict) -> dict:
+    """Fill :data:`LEGACY_DEFAULTS` and translate the retired ``loss.retrieval_pass`` (in place).
+
+    ``retrieval_pass: false`` meant "distorted-GT pass only" = ``data.guidance_mode: distorted-gt``;
+    ``true`` was the default two-pass mode, so it changes nothing.
+    """
+    loss = data.get("loss")
+    if isinstance(loss, dict) and "retrieval_pass" in loss:
+        if loss.pop("retrieval_pass") is False and isinstance(data.get("data"), dict):
+            data["data"]["guidance_mode"] = "distorted-gt"
+    for dotted, value in LEGACY_DEFAULTS.items():
+        sec, key = dotted.split(".")
+        if isinstance(data.get(sec), dict):
+            data[sec].setdefault(key, value)
+    return data
+
+
 def validate(data: dict, source: str) -> dict:
     """Check every key of :data:`SCHEMA` (present, known, well typed) and the cross-key rules."""
+    data = upgrade_legacy(copy.deepcopy(data))
 
     def walk(schema: dict, node: Any, prefix: str) -> dict:
         if not isinstance(node, dict):

@@ -10,13 +10,27 @@
   segment pasting a rank drawn uniformly among its admissible retrieved candidates (at most
   ``topk``) — a fresh draw per sample per epoch; segments without a candidate stay black;
 * one distorted ground-truth variant from ``distortions.h5`` (``[K, H, W, 3]``), drawn uniformly
-  per sample per epoch;
+  per sample per epoch, and its validity mask (``valid_key``: where a distorted segment was pasted)
+  when the file has one (``distorted_valid``);
+* for the Table 4 guidance modes (:mod:`resail_train.guidance_modes`), on request:
+  ``original_gt`` — the real image, black where the retrieval guidance is black (its valid map:
+  ``guidance.h5``'s, or the top-k composite's); ``guidance_distorted`` — the retrieval guidance with
+  every pasted segment distorted by :func:`pipeline.distortions.distort_image`, the function that
+  made the distorted ground truth, with the parameters recorded in ``distortions.h5`` (defaults of
+  :class:`pipeline.distorted_gt.DistortParams` without it). A segment is its query box with the
+  mask "query mask ∩ guidance valid" (the pixels the guidance really shows for it); colour targets
+  are drawn uniformly among the query's retrieved candidates, as the distort stage does. Done on
+  line, with ``default_rng([seed, epoch, index, 1])``: a fresh, reproducible distortion per
+  (image, epoch), like the released code's on-line distortion, and no extra cache or stage for an
+  ablation row;
 * optionally the instance edge map (SPADE ``get_edges``: a pixel whose instance id differs from a
   4-neighbour's), when asked for and the database has instance maps.
 
 Geometry (identical for image, labels, guidance, distortion and instances): resize to
-``load_size`` (``[H, W]``; ``None`` keeps the original size; RGB bicubic ``cv2.INTER_CUBIC``,
-labels/instances nearest with :func:`pipeline.segments.nearest_indices`), then a crop of
+``load_size`` (``[H, W]``; ``None`` keeps the original size; RGB with
+:func:`pipeline.resize.resize_image` — PIL bicubic, antialiased when shrinking, as SPADE and the
+released code load images — labels/instances/masks nearest with
+:func:`pipeline.resize.resize_index_map`), then a crop of
 ``crop_size`` (random in training, centred otherwise) and, in training with ``flip``, a
 horizontal flip with probability 0.5.
 
@@ -31,8 +45,9 @@ and re-opened when the process id changes, so no handle crosses a ``fork``; the 
 without them.
 
 Sample dict (tensors, CHW): ``image`` float32 [3, h, w] in [-1, 1]; ``labels`` int64 [h, w];
-``guidance`` / ``distorted`` float32 [3, h, w] in [-1, 1] (when enabled; black guidance = -1);
-``edges`` float32 [1, h, w] (when enabled); ``index`` int; ``image_id`` str.
+``guidance`` / ``distorted`` / ``guidance_distorted`` / ``original_gt`` float32 [3, h, w] in
+[-1, 1] (when enabled; black guidance = -1); ``distorted_valid`` bool [h, w] (with ``distorted``,
+when ``distortions.h5`` stores it); ``edges`` float32 [1, h, w] (when enabled); ``index`` int; ``image_id`` str.
 """
 from __future__ import annotations
 
@@ -51,11 +66,12 @@ from torch.utils.data import Dataset, Sampler
 from pipeline import cache
 from pipeline.cache import SegmentDB
 from pipeline.datasets.base import ClassMeta
-from pipeline.errors import CacheError, ConfigError, DataError
-from pipeline.segments import nearest_indices
+from pipeline.errors import CacheError, ConfigError, DataError, ResailError
+from pipeline.resize import resize_image, resize_index_map
 
 GUIDANCE_MODES = ("rank0", "topk")
 CHUNK_CACHE_BYTES = 32 << 20
+GUIDANCE_DISTORT_STREAM = 1  # default_rng([seed, epoch, index, 1]): the on-line guidance distortion's own stream
 
 
 # --------------------------------------------------------------------------- geometry
@@ -86,13 +102,10 @@ def plan_geometry(size: tuple[int, int], load_size: Sequence[int] | None, crop_s
 
 
 def apply_geometry(arr: np.ndarray, geo: Geometry, nearest: bool) -> np.ndarray:
-    """Resize (bicubic or nearest), crop and flip an H×W(×C) array."""
+    """Resize (antialiased bicubic for uint8 images, nearest for maps), crop and flip an H×W(×C) array."""
     if geo.resize is not None and tuple(arr.shape[:2]) != geo.resize:
         th, tw = geo.resize
-        if nearest:
-            arr = arr[np.ix_(nearest_indices(arr.shape[0], th), nearest_indices(arr.shape[1], tw))]
-        else:
-            arr = cv2.resize(np.ascontiguousarray(arr), (tw, th), interpolation=cv2.INTER_CUBIC)
+        arr = resize_index_map(arr, th, tw) if nearest else resize_image(arr, th, tw)
     y0, x0, ch, cw = geo.crop
     arr = arr[y0:y0 + ch, x0:x0 + cw]
     if geo.flip:
@@ -195,15 +208,22 @@ def check_working_resolution(db: SegmentDB, load_size: tuple[int, int] | None, a
 class CacheDataset(Dataset):
     """``CacheDataset(cache_dir, split="train", *, load_size, crop_size, train=True, flip=True,
     guidance="rank0"|"topk"|None, distortions=True, instance_edges=False, topk=10, seed=0,
-    data_root=None, fmt=None)`` — see the module docstring."""
+    data_root=None, fmt=None, allow_resize=False, original_gt=False, distorted_retrieval=False)``
+    — see the module docstring (the last two need ``guidance``)."""
 
     def __init__(self, cache_dir: str | Path, split: str = "train", *, load_size: Sequence[int] | None,
                  crop_size: Sequence[int], train: bool = True, flip: bool = True, guidance: str | None = "rank0",
                  distortions: bool = True, instance_edges: bool = False, topk: int = 10, seed: int = 0,
-                 data_root: str | Path | None = None, fmt: str | None = None, allow_resize: bool = False) -> None:
+                 data_root: str | Path | None = None, fmt: str | None = None, allow_resize: bool = False,
+                 original_gt: bool = False, distorted_retrieval: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
         if guidance is not None and guidance not in GUIDANCE_MODES:
             raise ConfigError(None, f"guidance sampling must be one of {GUIDANCE_MODES}, got {guidance!r}")
+        if guidance is None and (original_gt or distorted_retrieval):
+            raise ConfigError(None, "original_gt / distorted_retrieval are derived from the retrieval guidance: "
+                                    "give guidance='rank0' or 'topk'")
+        self.original_gt, self.distorted_retrieval = bool(original_gt), bool(distorted_retrieval)
+        need_segments = guidance == "topk" or self.distorted_retrieval  # crops + retrieval table on line
         self.split, self.train, self.flip, self.seed = split, bool(train), bool(flip), int(seed)
         self.load_size = None if load_size is None else (int(load_size[0]), int(load_size[1]))
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -214,8 +234,8 @@ class CacheDataset(Dataset):
             check_working_resolution(db, self.load_size, allow_resize)  # helper B, issue 12
             rows = db.image_rows(split)
             self.has_instances = any(bool(r["has_instances"]) for r in db.image_rows())
-            if guidance == "topk":
-                self._seg_cols = {c: db.col(c) for c in ("y0", "x0", "y1", "x1", "is_thing", "area")}
+            if need_segments:
+                self._seg_cols = {c: db.col(c) for c in ("y0", "x0", "y1", "x1", "is_thing", "area", "class_id")}
                 self._crop_offsets = db.h5["crop_offsets"][...]
             if not rows:
                 raise CacheError(self.cache_dir / cache.IMAGES_PARQUET,
@@ -241,7 +261,10 @@ class CacheDataset(Dataset):
         for used, path in ((guidance == "rank0", self.guidance_path), (self.use_distortions, self.distortions_path)):
             if used:
                 cache.check_stage_h5(path, self.cache_dir)
-        if guidance == "topk":
+        self.has_distorted_valid = self.use_distortions and self._first_has(self.distortions_path)
+        self._distort_kw = self._guidance_distortion_params() if self.distorted_retrieval else None
+        self._stats_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if need_segments:
             table, _ = cache.read_retrieval(self.cache_dir, len(self._seg_cols["y0"]))
             q = table.column("query_id").to_numpy().astype(np.int64)
             r = table.column("rank").to_numpy().astype(np.int64)
@@ -254,6 +277,36 @@ class CacheDataset(Dataset):
             self._ret_cand = c
         self._handles: dict[str, h5py.File] = {}
         self._pid = None
+
+    def _first_has(self, path: Path) -> bool:
+        """Whether ``path`` stores valid maps (checked on the split's first image; then required for all)."""
+        row = self.rows[0]
+        try:
+            with h5py.File(path, "r") as f:
+                return cache.valid_key(row["split"], row["image_id"]) in f
+        except OSError as e:
+            raise CacheError(path, f"not a readable HDF5 file ({e})") from None
+
+    def _guidance_distortion_params(self) -> dict:
+        """Keyword arguments of :func:`distort_image` for the guidance: those ``distortions.h5`` was made with."""
+        import json
+
+        from pipeline.distorted_gt import DistortParams
+
+        attrs: dict = {}
+        if self.distortions_path.is_file():
+            with h5py.File(self.distortions_path, "r") as f:
+                attrs = dict(f.attrs)
+        try:
+            p = DistortParams(kinds=str(attrs["kinds"]) if "kinds" in attrs else None,
+                              probs=json.loads(attrs["probs"]) if "probs" in attrs else {},
+                              scale_range=tuple(json.loads(attrs["scale_range"])) if "scale_range" in attrs
+                              else (0.5, 1.0),
+                              paste_rules=str(attrs.get("paste_rules", "a1")))
+        except (ValueError, TypeError, KeyError, ResailError) as e:
+            raise CacheError(self.distortions_path, f"distortion parameters in the attributes are unreadable ({e})") \
+                from None
+        return {"probs": p.probs, "kinds": p.kinds, "scale_range": p.scale_range, "paste_rules": p.paste_rules}
 
     # -- pickling: never carry open HDF5 handles into another process
     def __getstate__(self) -> dict:
@@ -294,6 +347,11 @@ class CacheDataset(Dataset):
 
     # -- cached arrays
     def _read_rgb(self, path: Path, row: dict, what: str, variant_rng: np.random.Generator | None) -> np.ndarray:
+        return self._read_rgb_variant(path, row, what, variant_rng)[0]
+
+    def _read_rgb_variant(self, path: Path, row: dict, what: str,
+                          variant_rng: np.random.Generator | None) -> tuple[np.ndarray, int | None]:
+        """The image (one variant drawn from ``variant_rng`` of a ``[K, H, W, 3]`` dataset) and its variant."""
         f = self._file(path)
         key = cache.image_key(row["split"], row["image_id"])
         if key not in f:
@@ -303,30 +361,91 @@ class CacheDataset(Dataset):
         if variant_rng is not None:
             if ds.ndim != 4 or tuple(ds.shape[1:]) != (h, w, 3) or ds.shape[0] < 1:
                 raise CacheError(path, f"{key} has shape {ds.shape}, expected [K, {h}, {w}, 3]")
-            arr = ds[int(variant_rng.integers(ds.shape[0]))]
+            variant = int(variant_rng.integers(ds.shape[0]))
+            arr = ds[variant]
         else:
+            variant = None
             if tuple(ds.shape) != (h, w, 3):
                 raise CacheError(path, f"{key} has shape {ds.shape}, expected ({h}, {w}, 3)")
             arr = ds[...]
         if arr.dtype != np.uint8:
             raise CacheError(path, f"{key} has dtype {arr.dtype}, expected uint8")
-        return arr
+        return arr, variant
 
-    def _compose_topk(self, row: dict, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        from pipeline.composition import QuerySegment, compose_guidance
+    def _read_valid(self, path: Path, row: dict, variant: int | None) -> np.ndarray:
+        """The bool H×W valid map of an image (``variant`` of a ``[K, H, W]`` one) stored beside its image."""
+        f = self._file(path)
+        key = cache.valid_key(row["split"], row["image_id"])
+        if key not in f:
+            raise CacheError(path, f"no valid map for {row['split']}/{row['image_id']} (stale cache: re-run the stage)")
+        ds = f[key]
+        h, w = int(row["height"]), int(row["width"])
+        ok = tuple(ds.shape) == (h, w) if variant is None else \
+            (ds.ndim == 3 and tuple(ds.shape[1:]) == (h, w) and ds.shape[0] > variant)
+        if not ok:
+            want = f"({h}, {w})" if variant is None else f"[K > {variant}, {h}, {w}]"
+            raise CacheError(path, f"{key} has shape {ds.shape}, expected {want}")
+        return np.asarray(ds[...] if variant is None else ds[variant], dtype=bool)
 
+    def _crop(self, seg: int) -> tuple[np.ndarray, np.ndarray]:
+        """RGB and mask crop of one segment of ``segments.h5`` (checked against its box)."""
         f = self._file(self.segments_path)
         png, off, cols = f["crop_png"], self._crop_offsets, self._seg_cols
+        y0, x0, y1, x1 = (int(cols[k][seg]) for k in ("y0", "x0", "y1", "x1"))
+        try:
+            rgb, mask = cache.decode_crop(png[int(off[seg]):int(off[seg + 1])])
+        except ValueError as e:
+            raise CacheError(self.segments_path, f"crop of segment {seg}: {e}") from None
+        if mask.shape != (y1 - y0, x1 - x0):
+            raise CacheError(self.segments_path, f"crop of segment {seg} does not match its box")
+        return rgb, mask
 
-        def crop(seg: int) -> tuple[np.ndarray, np.ndarray]:
-            y0, x0, y1, x1 = (int(cols[k][seg]) for k in ("y0", "x0", "y1", "x1"))
-            try:
-                rgb, mask = cache.decode_crop(png[int(off[seg]):int(off[seg + 1])])
-            except ValueError as e:
-                raise CacheError(self.segments_path, f"crop of segment {seg}: {e}") from None
-            if mask.shape != (y1 - y0, x1 - x0):
-                raise CacheError(self.segments_path, f"crop of segment {seg} does not match its box")
-            return rgb, mask
+    def _lab_stats(self, seg: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """lαβ (mean, std) of a segment's masked crop (memoised per process; None when empty)."""
+        from pipeline.distortions import lab_stats
+
+        hit = self._stats_cache.get(seg)
+        if hit is None:
+            rgb, mask = self._crop(seg)
+            if not mask.any():
+                return None
+            if len(self._stats_cache) >= 4096:
+                self._stats_cache.clear()
+            hit = self._stats_cache[seg] = lab_stats(rgb[mask])
+        return hit
+
+    def _distort_guidance(self, row: dict, guidance: np.ndarray, valid: np.ndarray,
+                          rng: np.random.Generator) -> np.ndarray:
+        """The retrieval guidance distorted like the ground truth (module docstring)."""
+        from pipeline.distortions import distort_image
+
+        cols = self._seg_cols
+        segments, ids = [], []
+        first, n = int(row["first_segment"]), int(row["n_segments"])
+        for s in range(first, first + n):
+            if not self._ret_count[s]:
+                continue  # no match: black in the guidance, nothing to distort
+            y0, x0, y1, x1 = (int(cols[k][s]) for k in ("y0", "x0", "y1", "x1"))
+            mask = self._crop(s)[1] & valid[y0:y1, x0:x1]
+            if mask.any():
+                segments.append(((y0, x0, y1, x1), mask, int(cols["class_id"][s]), bool(cols["is_thing"][s])))
+                ids.append(s)
+
+        def color_target(i: int, class_id: int, crng: np.random.Generator):
+            s = ids[i]
+            count = int(self._ret_count[s])
+            target = int(self._ret_cand[self._ret_start[s] + int(crng.integers(count))])
+            stats = self._lab_stats(target)
+            return None if stats is None else (stats[0], stats[1], target)
+
+        out, _ = distort_image(guidance, segments, color_target, rng, **self._distort_kw)
+        return out
+
+    def _compose_topk(self, row: dict, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A top-k composite of one image and its valid map (ranks drawn from ``rng``)."""
+        from pipeline.composition import QuerySegment, compose_guidance
+
+        cols, crop = self._seg_cols, self._crop
 
         first, n = int(row["first_segment"]), int(row["n_segments"])
         queries, matches = [], []
@@ -335,8 +454,7 @@ class CacheDataset(Dataset):
             queries.append(QuerySegment(box, crop(s)[1], bool(cols["is_thing"][s]), int(cols["area"][s])))
             count = min(int(self._ret_count[s]), self.topk)
             matches.append(crop(int(self._ret_cand[self._ret_start[s] + int(rng.integers(count))])) if count else None)
-        guidance, _ = compose_guidance(labels, self.meta, queries, matches)
-        return guidance
+        return compose_guidance(labels, self.meta, queries, matches)
 
     # -- one sample
     def __getitem__(self, key) -> dict:
@@ -359,14 +477,27 @@ class CacheDataset(Dataset):
             "image_id": row["image_id"],
         }
         if self.use_distortions:
-            dist = self._read_rgb(self.distortions_path, row, "distortions", rng)
+            dist, variant = self._read_rgb_variant(self.distortions_path, row, "distortions", rng)
             out["distorted"] = rgb_to_tensor(apply_geometry(dist, geo, nearest=False))
-        if self.guidance_mode == "rank0":
-            g = self._read_rgb(self.guidance_path, row, "guidance", None)
+            if self.has_distorted_valid:
+                dv = self._read_valid(self.distortions_path, row, variant)
+                out["distorted_valid"] = torch.from_numpy(apply_geometry(dv, geo, nearest=True))
+        if self.guidance_mode is not None:
+            valid = None
+            if self.guidance_mode == "rank0":
+                g = self._read_rgb(self.guidance_path, row, "guidance", None)
+                if self.original_gt or self.distorted_retrieval:
+                    valid = self._read_valid(self.guidance_path, row, None)
+            else:
+                g, valid = self._compose_topk(row, sample.labels, rng)
             out["guidance"] = rgb_to_tensor(apply_geometry(g, geo, nearest=False))
-        elif self.guidance_mode == "topk":
-            g = self._compose_topk(row, sample.labels, rng)
-            out["guidance"] = rgb_to_tensor(apply_geometry(g, geo, nearest=False))
+            if self.original_gt:
+                masked = np.where(valid[..., None], sample.image, 0).astype(np.uint8)
+                out["original_gt"] = rgb_to_tensor(apply_geometry(masked, geo, nearest=False))
+            if self.distorted_retrieval:
+                drng = np.random.default_rng([self.seed, epoch, index, GUIDANCE_DISTORT_STREAM])
+                gd = self._distort_guidance(row, g, valid, drng)
+                out["guidance_distorted"] = rgb_to_tensor(apply_geometry(gd, geo, nearest=False))
         if self.instance_edges:
             inst = sample.instances if sample.instances is not None else np.zeros((h, w), np.int64)
             edges = instance_edges(apply_geometry(inst, geo, nearest=True))

@@ -2,17 +2,19 @@
 
 One iteration = one generator step then one discriminator step (SPADE order):
 
-* **G step** — the generator runs twice on the same label map: with the *distorted ground truth*
-  as guidance (hinge GAN + feature matching λ_fm + VGG λ_vgg against the real image + class-
-  balanced segmentation CE ×λ_seg of the frozen segmentation net) and with the *retrieval guidance*
-  (hinge GAN + segmentation CE). The discriminator (parameters frozen for this step) sees both fakes
-  and the real image in one concatenated batch (InstanceNorm is per sample, so this equals separate
-  calls); feature matching uses the real image's features.
-* **D step** — both fakes are generated again with the updated G under ``no_grad`` (SPADE / the
+* **G step** — the generator runs once per pass of ``data.guidance_mode``
+  (:mod:`resail_train.guidance_modes`, paper Table 4; default: twice on the same label map). The
+  *paired* pass (distorted or original ground truth as guidance) gets hinge GAN + feature matching
+  λ_fm + VGG λ_vgg against the real image + class-balanced segmentation CE ×λ_seg of the frozen
+  segmentation net; a *retrieval* pass (retrieval guidance, or its distorted version) gets hinge GAN
+  + segmentation CE. The discriminator (parameters frozen for this step) sees every fake and the real
+  image in one concatenated batch (InstanceNorm is per sample, so this equals separate calls);
+  feature matching uses the real image's features.
+* **D step** — every fake is generated again with the updated G under ``no_grad`` (SPADE / the
   released code) and D minimises ``Σ_fakes [hinge_real + hinge_fake]`` — the real term once per
   fake, as the released code sums ``D_real`` and ``D_real_retrieval``.
 
-Both G passes go through one module call (:class:`GeneratorPasses`), so DDP sees one forward per
+All G passes go through one module call (:class:`GeneratorPasses`), so DDP sees one forward per
 backward. Learning rates decay linearly to 0 over the last ``optim.decay_epochs`` epochs
 (per iteration); Adam betas ``(optim.beta1, optim.beta2)``.
 
@@ -32,7 +34,8 @@ Run folder (``RUN_DIR``): ``config.yaml`` (the resolved config), ``checkpoints/l
 ``checkpoints/step_XXXXXXX.pt``, ``generator.pt`` (final generator weights — EMA when used — with
 what is needed to rebuild it: ``config``, ``label_nc``, ``num_classes``, ``instance_edges``,
 ``classes``, ``cache_dir``, ``step``, ``ema``), ``samples/step_XXXXXXX.png`` (rows: label colours | retrieval
-guidance | distorted GT | fake from retrieval guidance | fake from distorted GT | real),
+guidance | distorted GT | fake from retrieval guidance | fake from distorted GT | real in the default
+mode; in general the guidance of each pass, retrieval passes first, then their fakes, then real),
 ``logs/`` (dvclive: ``metrics.json``, ``plots/metrics/{train,lr,perf}/*.tsv``), ``train_summary.json``.
 """
 from __future__ import annotations
@@ -59,6 +62,7 @@ from pipeline.errors import CacheError, ConfigError
 from resail_train import checkpoint as ckpt
 from resail_train.config import VGG_HELP, TrainConfig, config_fingerprint
 from resail_train.data import CacheDataset, EpochBatchSampler, collate, tensor_to_rgb, worker_init
+from resail_train.guidance_modes import passes_for
 # Model construction lives in resail_train.models; re-exported here for older imports.
 from resail_train.models import SEGNET_MISSING, build_discriminator, build_generator, load_segnet  # noqa: F401
 from resail_train.losses import (VGGLoss, balanced_cross_entropy, feature_matching_loss, hinge_d_loss_fake,
@@ -272,10 +276,15 @@ class Trainer:
                                           f"{ws} processes")
         self.batch_per_rank = cfg.optim.batch_size // ws
         d = cfg.data
+        self.passes = passes_for(d.guidance_mode)  # Table 4: which guidance feeds which pass, which losses
+        src = {p.source for p in self.passes}
         self.dataset = CacheDataset(self.cache_dir, d.split, load_size=d.load_size, crop_size=d.crop_size, train=True,
-                                    flip=d.flip, guidance=d.guidance_sampling, distortions=True,
+                                    flip=d.flip,
+                                    guidance=d.guidance_sampling if src - {"distorted-gt"} else None,
+                                    distortions="distorted-gt" in src, original_gt="original-gt" in src,
+                                    distorted_retrieval="distorted-retrieval" in src,
                                     instance_edges=d.instance_edges, topk=d.topk, seed=cfg.seed,
-                                    data_root=opts.data_root)
+                                    data_root=opts.data_root, allow_resize=d.allow_resize)
         if d.instance_edges and not self.dataset.instance_edges:
             log("train: data.instance_edges is on but the dataset has no instance maps; no edge channel")
         self.meta = self.dataset.meta
@@ -331,7 +340,8 @@ class Trainer:
         if self.vgg_path:
             from resail_train.vgg import load_vgg19
 
-            self.vgg_loss = VGGLoss(load_vgg19(self.vgg_path)).to(self.device)
+            self.vgg_loss = VGGLoss(load_vgg19(self.vgg_path, normalize_input=cfg.loss.vgg_input == "imagenet"))
+            self.vgg_loss = self.vgg_loss.to(self.device)
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._resumed_from: Path | None = None
@@ -398,16 +408,21 @@ class Trainer:
         seg = onehot(labels, self.num_classes)
         if "edges" in batch:
             seg = torch.cat([seg, batch["edges"].to(dev, non_blocking=nb)], dim=1)
-        return {"labels": labels, "seg": seg, "real": batch["image"].to(dev, non_blocking=nb),
-                "guidance": batch["guidance"].to(dev, non_blocking=nb),
-                "distorted": batch["distorted"].to(dev, non_blocking=nb)}
+        x = {"labels": labels, "seg": seg, "real": batch["image"].to(dev, non_blocking=nb)}
+        for p in self.passes:
+            x[p.key] = batch[p.key].to(dev, non_blocking=nb)
+        return x
 
     def _guidances(self, x: dict) -> list[torch.Tensor]:
-        return [x["distorted"], x["guidance"]] if self.cfg.loss.retrieval_pass else [x["distorted"]]
+        """The guidance image of each pass of ``data.guidance_mode``, in pass order."""
+        return [x[p.key] for p in self.passes]
 
     def train_step(self, x: dict) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """One G step and one D step; the passes and their losses come from :data:`self.passes`
+        (:mod:`resail_train.guidance_modes`): every pass GAN (+ seg), a paired pass also FM + VGG."""
         cfg = self.cfg.loss
         seg, real, labels = x["seg"], x["real"], x["labels"]
+        passes = self.passes
         # ---- generator
         set_requires_grad(self.D, False)
         with self._autocast():
@@ -415,18 +430,19 @@ class Trainer:
             n = len(fakes)
             preds = split_preds(self.D_frozen(torch.cat(fakes + [real]), seg.repeat(n + 1, 1, 1, 1)), n + 1)
             pred_real = preds[-1]
-            losses: dict[str, torch.Tensor] = {"G_gan": hinge_g_loss(preds[0])}
-            if cfg.lambda_fm > 0:
-                losses["G_fm"] = feature_matching_loss(preds[0], pred_real, cfg.lambda_fm)
-            if self.vgg_loss is not None:
-                losses["G_vgg"] = cfg.lambda_vgg * self.vgg_loss(fakes[0].float(), real)
-            if n > 1:
-                losses["G_gan_ret"] = hinge_g_loss(preds[1])
-            if self.segnet is not None:
-                logits = segment(self.segnet, torch.cat(fakes)).float().chunk(n)
-                losses["G_seg"] = cfg.lambda_seg * balanced_cross_entropy(logits[0], labels, self.num_classes)
-                if n > 1:
-                    losses["G_seg_ret"] = cfg.lambda_seg * balanced_cross_entropy(logits[1], labels, self.num_classes)
+            losses: dict[str, torch.Tensor] = {}
+            for i, p in enumerate(passes):
+                losses["G_gan" + p.suffix] = hinge_g_loss(preds[i])
+                if "fm" in p.losses and cfg.lambda_fm > 0:
+                    losses["G_fm" + p.suffix] = feature_matching_loss(preds[i], pred_real, cfg.lambda_fm)
+                if "vgg" in p.losses and self.vgg_loss is not None:
+                    losses["G_vgg" + p.suffix] = cfg.lambda_vgg * self.vgg_loss(fakes[i].float(), real)
+            if self.segnet is not None and any("seg" in p.losses for p in passes):
+                logits = segment(self.segnet, torch.cat(fakes)).float().chunk(n)  # one segnet call for all passes
+                for i, p in enumerate(passes):
+                    if "seg" in p.losses:
+                        losses["G_seg" + p.suffix] = cfg.lambda_seg * balanced_cross_entropy(logits[i], labels,
+                                                                                             self.num_classes)
             g_total = sum(v.float() for v in losses.values())
         self.opt_G.zero_grad(set_to_none=True)
         self.scaler_G.scale(g_total).backward()
@@ -442,10 +458,10 @@ class Trainer:
             preds = split_preds(self.D_train(torch.cat(fakes_d + [real]), seg.repeat(n + 1, 1, 1, 1)), n + 1)
             real_term = hinge_d_loss_real(preds[-1])
             losses["D_real"] = real_term * n
-            losses["D_fake"] = hinge_d_loss_fake(preds[0])
-            if n > 1:
-                losses["D_fake_ret"] = hinge_d_loss_fake(preds[1])
-            d_total = losses["D_real"].float() + losses["D_fake"].float() + (losses["D_fake_ret"].float() if n > 1 else 0)
+            d_total = losses["D_real"].float()
+            for i, p in enumerate(passes):
+                losses["D_fake" + p.suffix] = hinge_d_loss_fake(preds[i])
+                d_total = d_total + losses["D_fake" + p.suffix].float()
         self.opt_D.zero_grad(set_to_none=True)
         self.scaler_D.scale(d_total).backward()
         self.scaler_D.step(self.opt_D)
@@ -472,11 +488,11 @@ class Trainer:
         k = min(self.cfg.log.n_samples, batch["image"].shape[0])
         for i in range(k):
             lab = ids[batch["labels"][i].cpu().numpy()]
-            cols = [colorize_labels(lab, self.meta), tensor_to_rgb(batch["guidance"][i]),
-                    tensor_to_rgb(batch["distorted"][i])]
-            if len(fakes) > 1:
-                cols.append(tensor_to_rgb(fakes[1][i]))
-            cols += [tensor_to_rgb(fakes[0][i]), tensor_to_rgb(batch["image"][i])]
+            order = sorted(range(len(self.passes)), key=lambda j: self.passes[j].paired)  # retrieval passes first
+            cols = [colorize_labels(lab, self.meta)]
+            cols += [tensor_to_rgb(batch[self.passes[j].key][i]) for j in order]
+            cols += [tensor_to_rgb(fakes[j][i]) for j in order]
+            cols.append(tensor_to_rgb(batch["image"][i]))
             rows.append(hstack(cols))
         return vstack(rows)
 
@@ -588,12 +604,14 @@ class Trainer:
                 f"batch {cfg.optim.batch_size} ({self.dist.world_size} process(es)), {self.steps_per_epoch} steps/epoch, "
                 f"{self.total_steps} steps in the schedule; device {self.device}"
                 f"{', AMP ' + cfg.optim.amp_dtype if self.amp else ''}")
-            log(f"train: guidance {cfg.data.guidance_sampling}, crop {cfg.data.crop_size[0]}x{cfg.data.crop_size[1]} (HxW), "
+            desc = "; ".join(f"{p.source} → {'+'.join(p.losses)}" for p in self.passes)
+            log(f"train: guidance mode {cfg.data.guidance_mode} ({desc}), sampling {cfg.data.guidance_sampling}")
+            log(f"train: crop {cfg.data.crop_size[0]}x{cfg.data.crop_size[1]} (HxW), "
                 f"ngf {cfg.model.ngf}, norm {cfg.model.norm}, label channels {self.label_nc}")
             if cfg.loss.lambda_vgg > 0 and self.vgg_loss is None:
                 log("train: VGG perceptual loss is OFF (no VGG19 weights given; pass --vgg-weights PATH to enable it)")
             elif self.vgg_loss is not None:
-                log(f"train: VGG perceptual loss on ({self.vgg_path})")
+                log(f"train: VGG perceptual loss on ({self.vgg_path}; input {cfg.loss.vgg_input})")
             if self.segnet is None:
                 log("train: segmentation loss is OFF (loss.lambda_seg = 0)")
             else:
@@ -648,6 +666,7 @@ class Trainer:
                     keep = self.step % cfg.log.checkpoint_every == 0
                     if keep or self.step % cfg.log.latest_every == 0 or done:
                         self._save(keep)
+                    self._fid_checkpoint(live)  # helper D (issue 11): log.fid_every → val/fid, best.pt
                 if bar is not None:
                     bar.update(1)
                 t_prev = time.perf_counter()
@@ -676,6 +695,20 @@ class Trainer:
         return TrainResult(self.run_dir, self.step, self.total_steps, self.epoch, seconds,
                            tot_wait / tot_time if tot_time else 0.0, tot_time / tot_steps if tot_steps else 0.0,
                            last_losses, ck)
+
+    # -- issue 11 (helper D): validation FID every log.fid_every steps; checkpoints/best.pt keeps the lowest
+    def _fid_checkpoint(self, live) -> None:
+        every = int(getattr(self.cfg.log, "fid_every", 0) or 0)
+        if every <= 0 or self.step % every:
+            return
+        if getattr(self, "_fid_monitor", None) is None:
+            from resail_train.fid_monitor import FIDMonitor
+
+            self._fid_monitor = FIDMonitor(self)
+        value = self._fid_monitor.step(self, live)
+        if value is not None:
+            log(f"train: step {self.step} validation FID {value:.2f} ({self._fid_monitor.n} images; "
+                f"best {self._fid_monitor.best:.2f})")
 
     def _log_scalars(self, live, losses: dict, wait_frac: float, step_time: float) -> None:
         if live is None:

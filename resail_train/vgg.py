@@ -6,10 +6,12 @@ and ``features.N.bias`` for the 16 convs at N = 0, 2, 5, 7, 10, 12, 14, 16, 19, 
 30, 32, 34; any ``classifier.*`` keys are ignored) loads into :class:`VGG19Features` unchanged.
 
 :class:`VGG19Features` returns relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (indices 1, 6, 11, 20,
-29) — the five layers of the pix2pixHD/SPADE VGG loss. Inputs are images in [-1, 1]; with
-``normalize_input=True`` (default) they are mapped to [0, 1] and standardised with the ImageNet
-mean/std the torchvision weights were trained with. (SPADE and the released RESAIL code feed the
-[-1, 1] image to the network directly; pass ``normalize_input=False`` to reproduce that.)
+29) — the five layers of the pix2pixHD/SPADE VGG loss. Inputs are images in [-1, 1], fed to the
+network as they are by default (``normalize_input=False``), as SPADE and the released RESAIL code
+do (their ``VGG19`` in ``models/networks/architecture.py`` applies no normalisation and the loader's
+``Normalize((0.5,)*3, (0.5,)*3)`` makes the input [-1, 1]). ``normalize_input=True`` (config
+``loss.vgg_input: imagenet``) maps them to [0, 1] and standardises them with the ImageNet mean/std
+the torchvision weights were trained with.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def make_vgg19_features() -> nn.Sequential:
 
 
 class VGG19Features(nn.Module):
-    """``VGG19Features(normalize_input=True, requires_grad=False)``.
+    """``VGG19Features(normalize_input=False, requires_grad=False)``.
 
     ``forward(x [B, 3, H, W] in [-1, 1]) -> [relu1_1, relu2_1, relu3_1, relu4_1, relu5_1]``
     (channels 64, 128, 256, 512, 512 at H, H/2, H/4, H/8, H/16). ``state_dict()`` keys are
@@ -51,7 +53,7 @@ class VGG19Features(nn.Module):
     ``requires_grad``; gradients still flow to the *input* (needed for the generator loss).
     """
 
-    def __init__(self, normalize_input: bool = True, requires_grad: bool = False) -> None:
+    def __init__(self, normalize_input: bool = False, requires_grad: bool = False) -> None:
         super().__init__()
         self.features = make_vgg19_features()
         self.normalize_input = normalize_input
@@ -84,7 +86,7 @@ def _one_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def load_vgg19(path: str | Path, normalize_input: bool = True) -> VGG19Features:
+def load_vgg19(path: str | Path, normalize_input: bool = False) -> VGG19Features:
     """Frozen :class:`VGG19Features` in eval mode from a torchvision-format VGG19 state dict.
 
     The file is read with ``torch.load(path, map_location="cpu", weights_only=True)``; a

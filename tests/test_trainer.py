@@ -163,7 +163,7 @@ def test_paper_configs_carry_the_paper_values():
         assert (c.optim.epochs, c.optim.decay_epochs) == (200, 100)
         assert (c.loss.lambda_fm, c.loss.lambda_vgg, c.loss.lambda_seg) == (10.0, 10.0, 5.0)
         assert (c.model.ngf, c.model.ndf, c.model.num_D, c.model.n_layers_D) == (64, 64, 2, 4)
-        assert c.loss.vgg_required and c.loss.retrieval_pass
+        assert c.loss.vgg_required and c.data.guidance_mode == "retrieval+distorted-gt" and c.loss.vgg_input == "raw"
     cs = load_config("cityscapes")
     assert cs.data.crop_size == [256, 512] and cs.model.num_upsampling == 6
     ade = load_config("ade20k")
