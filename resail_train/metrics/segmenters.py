@@ -37,6 +37,8 @@ from pipeline.errors import ConfigError
 
 IGNORE = 255
 NAMES = ("own", "drn-d-105", "upernet-r101", "deeplabv2-r101")
+#: the dataset each published segmenter scores (checked before its weights are read)
+DATASETS = {"drn-d-105": "cityscapes", "upernet-r101": "ade20k", "deeplabv2-r101": "coco-stuff"}
 
 
 # --------------------------------------------------------------------------- checkpoint loading
@@ -205,8 +207,10 @@ def load_segmenter(name: str, weights, device: str | torch.device = "cpu", **kwa
     return reg[name](split_weights(weights), device, **kwargs)
 
 
-def check_dataset(seg: Segmenter, meta, source=None) -> None:
+def check_dataset(seg: Segmenter | str, meta, source=None) -> None:
     """A published segmenter only scores its own dataset: refuse another class list with one line."""
-    if seg.dataset and meta.dataset != seg.dataset:
-        raise ConfigError(source, f"segmenter {seg.name} scores {seg.dataset}, but this run's classes are "
+    name = seg if isinstance(seg, str) else seg.name
+    dataset = DATASETS.get(name, "") if isinstance(seg, str) else seg.dataset
+    if dataset and meta.dataset != dataset:
+        raise ConfigError(source, f"segmenter {name} scores {dataset}, but this run's classes are "
                                   f"{meta.dataset!r} (use --segmenter own)")
