@@ -292,6 +292,7 @@ def _evaluate(syn: Synthesizer, seg: Segmenter, run_dir: Path, split: str, incep
         "guidance_counts": sources, "segmenter": seg.describe(), "segmenter_weights": seg.weights,
         "segmenter_scales": None if scales is None else [float(x) for x in scales],
         "inception_weights": describe_weights(inception_weights),
+        "fid_inception": describe_weights(inception_weights),  # the key resail compare reads
         "inception_convention": getattr(inception, "convention", None),
         "confusion": conf_fake.tolist(), "reference_confusion": conf_real.tolist(),
         "generator_seconds": round(t_gen, 4), "segmenter_seconds": round(t_seg, 4),
