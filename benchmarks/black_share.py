@@ -75,6 +75,11 @@ def run_black_share(fmt: str, data_root: str | Path, *, max_scores=(None, 0.58, 
     adapter = open_dataset(fmt, data_root, options, resize)
     rows = []
     t0 = time.perf_counter()
+    print(f"black share of the retrieval guidance: {data_root} ({fmt}), min_area 16, preserved_ratio 0.9, k 10, "
+          "step scale term")
+    print("| pruning | max_score | segments black (train) | pixels black (train) | labelled px black (train) "
+          "| segments black (val) | pixels black (val) | labelled px black (val) | pruned queries (train / val) |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         labelled = None
         for pruning in prunings:
@@ -83,19 +88,14 @@ def run_black_share(fmt: str, data_root: str | Path, *, max_scores=(None, 0.58, 
             if labelled is None:
                 labelled = _labelled_pixels(cache_dir)
             for ms in max_scores:
-                rows.append(dict(pruning=pruning, max_score=ms, **{s: v for s, v in measure(cache_dir, labelled, ms, jobs).items()}))
-    n_img = len(labelled or {})
-    print(f"black share of the retrieval guidance: {data_root} ({fmt}), {n_img} images, min_area 16, "
-          f"preserved_ratio 0.9, k 10, step scale term ({time.perf_counter() - t0:.0f} s)")
-    print("| pruning | max_score | segments black (train) | pixels black (train) | labelled px black (train) "
-          "| segments black (val) | pixels black (val) | labelled px black (val) | pruned queries (train / val) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        t, v = r.get("train", {}), r.get("val", {})
-        cell = lambda d, k: f"{100 * d[k]:.1f} %" if k in d else "–"  # noqa: E731
-        print(f"| {r['pruning']} | {'null' if r['max_score'] is None else r['max_score']} | {cell(t, 'segments')} | "
-              f"{cell(t, 'pixels')} | {cell(t, 'labelled')} | {cell(v, 'segments')} | {cell(v, 'pixels')} | "
-              f"{cell(v, 'labelled')} | {cell(t, 'pruned')} / {cell(v, 'pruned')} |")
+                r = dict(pruning=pruning, max_score=ms, **measure(cache_dir, labelled, ms, jobs))
+                rows.append(r)
+                t, v = r.get("train", {}), r.get("val", {})
+                cell = lambda d, k: f"{100 * d[k]:.1f} %" if k in d else "–"  # noqa: E731
+                print(f"| {r['pruning']} | {'null' if r['max_score'] is None else r['max_score']} | {cell(t, 'segments')} | "
+                      f"{cell(t, 'pixels')} | {cell(t, 'labelled')} | {cell(v, 'segments')} | {cell(v, 'pixels')} | "
+                      f"{cell(v, 'labelled')} | {cell(t, 'pruned')} / {cell(v, 'pruned')} |", flush=True)
+    print(f"{len(labelled or {})} images, {time.perf_counter() - t0:.0f} s")
     return rows
 
 
@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--max-scores", default="null,0.58,0.15", help="comma list; null = no threshold")
+    ap.add_argument("--prunings", default=",".join(PRUNING_MODES), help="comma list of decompose.pruning modes")
     a = ap.parse_args(argv)
     ms = tuple(None if s.strip() in ("null", "none", "") else float(s) for s in a.max_scores.split(","))
-    run_black_share(a.format, a.data_root, max_scores=ms, jobs=a.jobs)
+    run_black_share(a.format, a.data_root, max_scores=ms, prunings=tuple(a.prunings.split(",")), jobs=a.jobs)
 
 
 if __name__ == "__main__":
