@@ -2,7 +2,7 @@
 re-computations, generator shape/gradient/guidance checks per variant, and per variant a tiny
 training run that resumes bit-exactly and then synthesises and edits through :class:`Synthesizer`.
 
-Sizes are tiny (label_nc 5, ngf 2, hidden 4, 32×32) so the whole file stays well under 30 s."""
+Sizes are tiny (label_nc 5, ngf 2, hidden 4, 32×32): the whole file takes about 25 s of CPU time."""
 from __future__ import annotations
 
 import copy
