@@ -172,7 +172,10 @@ def stage_lock(path: Path, wait: float | None = None) -> Iterator[None]:
         except ValueError:
             raise ConfigError(None, f"${LOCK_WAIT_ENV} must be a number of seconds") from None
     lf = lock_path(path)
-    fd = os.open(lf, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lf, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CacheError(path.parent, f"cannot write here ({e.strerror or e})") from None
     deadline = time.monotonic() + max(0.0, wait)
     try:
         while True:
