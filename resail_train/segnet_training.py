@@ -113,12 +113,14 @@ def train_segnet(cache_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, *
         torch.set_num_threads(int(threads))
     d, s = cfg.data, cfg.segnet
     train_ds = CacheDataset(cache_dir, d.split, load_size=d.load_size, crop_size=d.crop_size, train=True, flip=d.flip,
-                            guidance=None, distortions=False, seed=seed, data_root=data_root)
+                            guidance=None, distortions=False, seed=seed, data_root=data_root,
+                            allow_resize=d.allow_resize)
     val_ds = None
     if s.val_split:
         try:
             val_ds = CacheDataset(cache_dir, s.val_split, load_size=d.load_size, crop_size=d.crop_size, train=False,
-                                  flip=False, guidance=None, distortions=False, seed=seed, data_root=data_root)
+                                  flip=False, guidance=None, distortions=False, seed=seed, data_root=data_root,
+                                  allow_resize=d.allow_resize)
         except Exception as e:  # noqa: BLE001 - a missing val split only disables validation
             from pipeline.errors import ResailError
 
