@@ -438,7 +438,7 @@ class CacheDataset(Dataset):
             stats = self._lab_stats(target)
             return None if stats is None else (stats[0], stats[1], target)
 
-        out, _ = distort_image(guidance, segments, color_target, rng, **self._distort_kw)
+        out, _, _ = distort_image(guidance, segments, color_target, rng, canvas="black", **self._distort_kw)
         return out
 
     def _compose_topk(self, row: dict, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -85,6 +85,36 @@ def write_fake_stage_outputs(cache_dir: Path, root: Path, variants: int = 2, gui
         cache.stamp_h5(d, cache.make_lineage("distort", up, {"fake": guidance}), cache.DISTORTIONS_SCHEMA_VERSION)
 
 
+def write_toy_retrieval(cache_dir: Path, k: int = 3) -> None:
+    """retrieval.parquet: each query's candidates = same-class segments of other images (at most k), by id."""
+    with cache.SegmentDB.open(cache_dir) as db:
+        cls, img = db.col("class_id"), db.col("image_id")
+        n = len(db)
+    q, r, c = [], [], []
+    for s in range(n):
+        cands = [t for t in range(n) if cls[t] == cls[s] and img[t] != img[s]][:k]
+        for rank, t in enumerate(cands):
+            q.append(s), r.append(rank), c.append(t)
+    z = np.zeros(len(q), np.float32)
+    cache.write_retrieval({"query_id": np.array(q), "rank": np.array(r), "candidate_id": np.array(c), "score": z,
+                           "shape_term": z, "scale_term": z}, cache_dir / cache.RETRIEVAL_PARQUET, {"k": k})
+
+
+def mask_guidance(cache_dir: Path, keep_rows: int) -> None:
+    """Make guidance.h5 partial: valid (and non-black) only in the top ``keep_rows`` rows of every image."""
+    with h5py.File(cache_dir / cache.GUIDANCE_H5, "r+") as g:
+        for split in g:
+            for name in list(g[split]):
+                if name.endswith("@valid"):
+                    continue
+                key = f"/{split}/{name}"
+                img, valid = g[key][...], g[key + "@valid"][...]
+                valid[keep_rows:] = False
+                img[~valid] = 0
+                g[key][...] = img
+                g[key + "@valid"][...] = valid
+
+
 @pytest.fixture(scope="module")
 def geo_cache(tmp_path_factory) -> Path:
     return make_train_cache(tmp_path_factory.mktemp("geo"), n_train=6, n_val=2, size=(48, 64))
@@ -251,18 +281,7 @@ def test_topk_guidance_composes_from_retrieval(tmp_path):
     """topk: a fresh admissible rank per segment; with one candidate per query it is rank 0."""
     pytest.importorskip("pipeline.composition")
     cache_dir = make_train_cache(tmp_path, n_train=4, n_val=0, size=(48, 64))
-    with cache.SegmentDB.open(cache_dir) as db:
-        cls, img = db.col("class_id"), db.col("image_id")
-        n = len(db)
-    # Each query: candidates = same-class segments of other images (at most 3), ranked by id.
-    q, r, c = [], [], []
-    for s in range(n):
-        cands = [t for t in range(n) if cls[t] == cls[s] and img[t] != img[s]][:3]
-        for k, t in enumerate(cands):
-            q.append(s), r.append(k), c.append(t)
-    z = np.zeros(len(q), np.float32)
-    cache.write_retrieval({"query_id": np.array(q), "rank": np.array(r), "candidate_id": np.array(c), "score": z,
-                           "shape_term": z, "scale_term": z}, cache_dir / cache.RETRIEVAL_PARQUET, {"k": 3})
+    write_toy_retrieval(cache_dir)
     ds = CacheDataset(cache_dir, "train", load_size=None, crop_size=[48, 64], train=False, flip=False,
                       guidance="topk", distortions=False, topk=3, seed=0)
     outs = [tensor_to_rgb(ds[(e, 0)]["guidance"]) for e in range(4)]
@@ -280,3 +299,101 @@ def test_topk_guidance_composes_from_retrieval(tmp_path):
 def test_demo_config_geometry_on_demo_images():
     cfg = load_config("demo")
     assert cfg.data.crop_size == [96, 128] and cfg.data.load_size == [120, 160]
+
+
+# --------------------------------------------------------------------------- antialiased resize (issue 10 item 4)
+def test_loader_downscale_is_antialiased_and_labels_keep_their_ids(tmp_path):
+    """A 4× reduction in the loader: a 3-px checkerboard becomes flat grey (cv2.INTER_CUBIC, the old
+    resizer, leaves a strong moiré); a map of 4×4 label blocks becomes exactly its block grid."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "data"
+    for sub in ("images", "labels"):
+        (root / "train" / sub).mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps(TOY_CLASSES))
+    yy, xx = np.mgrid[:96, :96]
+    board = np.repeat((((yy // 3) + (xx // 3)) % 2 * 255).astype(np.uint8)[..., None], 3, axis=2)
+    blocks = rng.choice(np.array([0, 1, 2, 3, 4, 255], np.uint8), size=(24, 24))
+    labels = np.kron(blocks, np.ones((4, 4), np.uint8))
+    cv2.imwrite(str(root / "train" / "images" / "a.png"), board)
+    cv2.imwrite(str(root / "train" / "labels" / "a.png"), labels)
+    build_segment_db(open_dataset("folder", root), tmp_path / "cache", progress=False)
+    ds = CacheDataset(tmp_path / "cache", "train", load_size=[24, 24], crop_size=[24, 24], train=False, flip=False,
+                      guidance=None, distortions=False, allow_resize=True)
+    out = ds[(0, 0)]
+    ds.close()
+    img = tensor_to_rgb(out["image"]).astype(float)[2:-2, 2:-2]  # borders see the replicated edge
+    assert abs(img.mean() - 127.5) < 3 and img.std() < 8, (img.mean(), img.std())
+    aliased = cv2.resize(board, (24, 24), interpolation=cv2.INTER_CUBIC).astype(float)[2:-2, 2:-2]
+    assert aliased.std() > 50  # the test tells the two resizers apart
+    dense = np.where(blocks == 255, 5, blocks)  # ignore → C (5 classes)
+    np.testing.assert_array_equal(out["labels"].numpy(), dense)
+
+
+# --------------------------------------------------------------------------- Table-4 loader outputs (issue 10 item 5)
+def test_original_gt_is_the_real_image_masked_like_the_guidance(tmp_path):
+    cache_dir = make_train_cache(tmp_path, n_train=3, n_val=0, size=(48, 64), guidance="shifted")
+    mask_guidance(cache_dir, keep_rows=20)
+    ds = CacheDataset(cache_dir, "train", load_size=None, crop_size=[48, 64], train=False, flip=False,
+                      guidance="rank0", distortions=False, original_gt=True)
+    s = ds[(0, 1)]
+    ds.close()
+    real, og = tensor_to_rgb(s["image"]), tensor_to_rgb(s["original_gt"])
+    np.testing.assert_array_equal(og[:20], real[:20])
+    assert not og[20:].any()
+    assert "distorted" not in s and "guidance_distorted" not in s
+    with pytest.raises(ConfigError, match="derived from the retrieval guidance"):
+        CacheDataset(cache_dir, "train", load_size=None, crop_size=[48, 64], guidance=None, original_gt=True)
+
+
+def test_distorted_retrieval_guidance_is_seeded_per_image_and_epoch(tmp_path):
+    cache_dir = make_train_cache(tmp_path, n_train=4, n_val=0, size=(48, 64), guidance="image", noise=30)
+    write_toy_retrieval(cache_dir)
+    mask_guidance(cache_dir, keep_rows=30)
+    kw = dict(load_size=None, crop_size=[48, 64], train=False, flip=False, guidance="rank0", distortions=False,
+              distorted_retrieval=True, seed=3)
+    ds = CacheDataset(cache_dir, "train", **kw)
+    a0, a0_again, a1 = ds[(0, 0)], ds[(0, 0)], ds[(1, 0)]
+    ds.close()
+    g, d0 = tensor_to_rgb(a0["guidance"]), tensor_to_rgb(a0["guidance_distorted"])
+    assert d0.shape == g.shape and not np.array_equal(d0, g)  # distorted (colour/shape/resolution)
+    assert not d0[30:].any()  # black where the retrieval guidance is black
+    np.testing.assert_array_equal(d0, tensor_to_rgb(a0_again["guidance_distorted"]))  # (image, epoch) → same
+    assert not np.array_equal(d0, tensor_to_rgb(a1["guidance_distorted"]))  # a fresh draw next epoch
+    np.testing.assert_array_equal(tensor_to_rgb(a1["guidance"]), g)  # the guidance itself is untouched
+    # The distortion has its own random stream: the geometry/variant draws of the sample do not move.
+    plain = CacheDataset(cache_dir, "train", **{**kw, "distorted_retrieval": False, "train": True, "flip": True,
+                                                "crop_size": [32, 32]})
+    both = CacheDataset(cache_dir, "train", **{**kw, "train": True, "flip": True, "crop_size": [32, 32]})
+    np.testing.assert_array_equal(plain[(2, 1)]["guidance"].numpy(), both[(2, 1)]["guidance"].numpy())
+    plain.close()
+    both.close()
+
+
+def test_distorted_valid_follows_the_drawn_variant(tmp_path):
+    cache_dir = make_train_cache(tmp_path, n_train=3, n_val=0, size=(48, 64), variants=3, guidance="shifted")
+    ds = CacheDataset(cache_dir, "train", load_size=None, crop_size=[48, 64], train=False, flip=False,
+                      guidance="rank0", distortions=True)
+    assert "distorted_valid" not in ds[(0, 0)]  # older distortions.h5 without masks: tolerated
+    ds.close()
+    with h5py.File(cache_dir / cache.DISTORTIONS_H5, "r+") as f:
+        for split in list(f):
+            for name in list(f[split]):
+                key = f"/{split}/{name}"
+                k, h, w = f[key].shape[:3]
+                valid = np.zeros((k, h, w), bool)
+                for v in range(k):
+                    valid[v, : 10 * (v + 1)] = True  # variant v: the top 10·(v+1) rows
+                f.create_dataset(key + "@valid", data=valid)
+    ds = CacheDataset(cache_dir, "train", load_size=None, crop_size=[48, 64], train=False, flip=False,
+                      guidance="rank0", distortions=True)
+    img = tensor_to_rgb(ds[(0, 0)]["image"]).astype(int)
+    seen = set()
+    for epoch in range(8):
+        s = ds[(epoch, 0)]
+        d = tensor_to_rgb(s["distorted"]).astype(int)
+        v = [j for j in range(3) if np.array_equal(d, img // (j + 2))][0]
+        seen.add(v)
+        assert s["distorted_valid"].dtype == torch.bool
+        assert int(s["distorted_valid"].sum()) == 10 * (v + 1) * 64
+    ds.close()
+    assert len(seen) > 1
