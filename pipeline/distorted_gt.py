@@ -95,7 +95,8 @@ PREVIEW_DIR = "distort_preview"
 #: The retrieval rank whose matches decide which segments a variant shows (compose's default rank).
 MATCH_RANK = 0
 
-_H5_OPTS = dict(compression="gzip", compression_opts=1, track_times=False)
+_DEFLATE_LEVEL = 1
+_H5_OPTS = dict(compression="gzip", compression_opts=_DEFLATE_LEVEL, track_times=False)
 _STATS_CHUNK_PIXELS = 1 << 21  # pixels of crops per colour-statistics task (fixed: not tied to --jobs)
 
 
@@ -360,9 +361,41 @@ class _ImageResult:
     split: str
     image_id: str
     first: int
-    variants: np.ndarray  # [K, H, W, 3] uint8
-    valid: np.ndarray  # [K, H, W] bool
+    variants: "CompressedArray"  # [K, H, W, 3] uint8
+    valid: "CompressedArray"  # [K, H, W] bool
     columns: dict[str, Any]
+
+
+@dataclass
+class CompressedArray:
+    """An array as its HDF5 deflate chunks (one per leading index), compressed in the worker.
+
+    The client then only copies bytes into the file (``write_direct_chunk``): compression was the
+    largest serial cost left on the client, and the compressed chunks are what crosses the network
+    (2–4× fewer bytes than the raw arrays). ``zlib`` at :data:`_DEFLATE_LEVEL` is deterministic, so
+    the file bytes still do not depend on ``--jobs`` or the backend; readers see an ordinary
+    gzip-filtered dataset."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: list[bytes]
+
+    @classmethod
+    def of(cls, arr: np.ndarray) -> "CompressedArray":
+        return cls(tuple(arr.shape), arr.dtype.str,
+                   [zlib.compress(np.ascontiguousarray(a).tobytes(), _DEFLATE_LEVEL) for a in arr])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+    def write(self, f: h5py.File, key: str) -> h5py.Dataset:
+        ds = f.create_dataset(key, shape=self.shape, dtype=np.dtype(self.dtype), chunks=(1, *self.shape[1:]),
+                              **_H5_OPTS)
+        zero = (0,) * (len(self.shape) - 1)
+        for i, c in enumerate(self.chunks):
+            ds.id.write_direct_chunk((i, *zero), c)
+        return ds
 
 
 @dataclass
@@ -430,7 +463,8 @@ def distort_task(task: _ImageTask, *, ctx: _Context) -> _ImageResult | _Failure:
                                                scale_range=p.scale_range, paste_rules=p.paste_rules,
                                                paste=task.paste, canvas=p.canvas)
         records.append(recs)
-    return _ImageResult(ref.split, ref.image_id, task.first, out, valid, _columns(task, records))
+    return _ImageResult(ref.split, ref.image_id, task.first, CompressedArray.of(out), CompressedArray.of(valid),
+                        _columns(task, records))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,13 +554,11 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
                     for task, res in zip(tasks, results):
                         if isinstance(res, _Failure):
                             raise res.error(res.path, res.problem)
-                        ds = f.create_dataset(cache.image_key(res.split, res.image_id), data=res.variants,
-                                              chunks=(1, *res.variants.shape[1:]), **_H5_OPTS)
+                        ds = res.variants.write(f, cache.image_key(res.split, res.image_id))
                         ds.attrs["first_segment"] = res.first
                         ds.attrs["n_segments"] = len(task.class_ids)
                         ds.attrs["n_pasted"] = int(task.paste.sum())
-                        f.create_dataset(cache.valid_key(res.split, res.image_id), data=res.valid,
-                                         chunks=(1, *res.valid.shape[1:]), **_H5_OPTS)
+                        res.valid.write(f, cache.valid_key(res.split, res.image_id))
                         n_segments += len(task.class_ids)
                         batch = pa.record_batch([pa.array(res.columns[fl.name], type=fl.type)
                                                  for fl in cache.DISTORTION_SCHEMA], schema=cache.DISTORTION_SCHEMA)
