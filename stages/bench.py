@@ -32,6 +32,8 @@ def _register() -> None:
     command.add_command(distort_bench)
     from stages.bench_evaluate import command as evaluate_bench  # helper D: resail bench evaluate
     command.add_command(evaluate_bench)
+    from stages.studio import bench_command as studio_bench  # helper E: resail bench studio
+    command.add_command(studio_bench)
 
 
 _register()

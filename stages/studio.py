@@ -7,24 +7,10 @@ device/seed from the ``synthesize`` section of params.yaml.
 """
 from __future__ import annotations
 
-import inspect
-
 import click
 
 from stages.params import Params
-from stages.synthesize import DEVICES, _cache_dir
-
-
-def load_synthesizer(run_dir, cache_dir, device: str, checkpoint: str | None):
-    """``Synthesizer.load`` with ``checkpoint`` passed through where the loader supports it."""
-    from resail_train.synthesis import Synthesizer
-
-    kw = {}
-    if checkpoint is not None:
-        if "checkpoint" not in inspect.signature(Synthesizer.load).parameters:
-            raise click.BadParameter("this version of the synthesizer loads generator.pt only", param_hint="--checkpoint")
-        kw["checkpoint"] = checkpoint
-    return Synthesizer.load(run_dir, cache_dir, device, **kw)
+from stages.synthesize import CHECKPOINT_HELP, DEVICES, _load
 
 
 @click.command("studio")
@@ -35,8 +21,7 @@ def load_synthesizer(run_dir, cache_dir, device: str, checkpoint: str | None):
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to bind (the studio has no login: keep it local)")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
-@click.option("--checkpoint", default=None, metavar="best|latest|PATH",
-              help="which generator weights to load [default: the loader's, generator.pt]")
+@click.option("--checkpoint", default=None, metavar="best|latest|PATH", help=CHECKPOINT_HELP)
 @click.option("--device", type=DEVICES, default=None, help="[params: synthesize.device; auto]")
 @click.option("--seed", type=int, default=None, help="torch seed [params: synthesize.seed; 0]")
 @click.option("--max-maps", type=click.IntRange(min=1), default=16, show_default=True,
@@ -54,8 +39,7 @@ def command(p: Params, run, cache, host, port, checkpoint, device, seed, max_map
     from resail_studio.server import create_app
 
     run_dir = p.run_dir(run, "--run")
-    syn = load_synthesizer(run_dir, _cache_dir(p, run_dir, cache), p.get("synthesize", "device", device, "auto"),
-                           checkpoint)
+    syn = _load(p, run, cache, device, "synthesize", checkpoint)
     with syn:
         app = create_app(syn, seed=int(p.get("synthesize", "seed", seed, 0)), max_maps=max_maps,
                          max_bytes=int(max_memory_mb) << 20, max_pixels=int(max_megapixels * 1e6),
@@ -64,3 +48,22 @@ def command(p: Params, run, cache, host, port, checkpoint, device, seed, max_map
         click.echo(f"studio: {run_dir} ({syn.meta.dataset}, generator {syn.size[0]}x{syn.size[1]} on {syn.device}) "
                    f"→ http://{shown}:{port}/   (Ctrl-C stops)")
         uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@click.command("studio")
+@click.option("--run", "run_dir", required=True, help="a trained run folder (e.g. runs/camvid_demo)")
+@click.option("--cache", "cache_dir", default=None, help="its cache [default: recorded in the run]")
+@click.option("--sizes", default="180x240,256x512", show_default=True, help="label map sizes H×W")
+@click.option("--n", "n_maps", type=click.IntRange(min=1), default=6, show_default=True, help="validation maps")
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="edits and strokes per map")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch threads (cores)")
+@click.option("--device", type=DEVICES, default="cpu", show_default=True)
+def bench_command(run_dir, cache_dir, sizes, n_maps, repeat, threads, device) -> None:
+    """Studio round trips (local edit, paint stroke) against `resail synthesize` as a process."""
+    from benchmarks.studio import run_studio_bench
+
+    try:
+        size_list = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",") if s]
+    except ValueError:
+        raise click.BadParameter(f"{sizes!r}: expected HxW[,HxW…]", param_hint="--sizes") from None
+    run_studio_bench(run_dir, cache_dir, size_list, n_maps=n_maps, repeat=repeat, device=device, threads=threads)

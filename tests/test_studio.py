@@ -383,3 +383,14 @@ def test_studio_command_binds_localhost_by_default():
     opts = {o.name: o for o in command.params}
     assert opts["host"].default == "127.0.0.1" and opts["port"].default == 8765
     assert {"run", "cache", "checkpoint", "device"} <= set(opts)
+
+
+def test_studio_command_passes_checkpoint_and_fails_in_one_line(srun, tmp_path):
+    from click.testing import CliRunner
+
+    from stages.cli import main
+
+    res = CliRunner().invoke(main, ["studio", "--run", str(srun[0]), "--cache", str(srun[1]), "--checkpoint",
+                                    str(tmp_path / "missing.pt"), "--device", "cpu"])
+    assert res.exit_code == 1 and res.output.startswith("error: ") and "missing.pt" in res.output
+    assert "Traceback" not in res.output
