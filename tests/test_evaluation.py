@@ -290,3 +290,16 @@ def test_fid_every_keeps_the_best_checkpoint(evaluated, tmp_path, monkeypatch):
         t.dataset = type("D", (), {"instance_edges": syn.instance_edges})()
         again = fm.FIDMonitor(t).fid(syn.G)
     assert again == pytest.approx(obj["fid"], rel=1e-4)
+
+
+def test_eval_segnet_is_a_separate_net(evaluated):
+    """RUN/eval_segnet.pt: its own kind, role and seed; not the loss net's weights."""
+    from resail_train import checkpoint as ckpt
+
+    run_dir, _, _ = evaluated
+    ev, loss = ckpt.load_checkpoint(run_dir / "eval_segnet.pt"), ckpt.load_checkpoint(run_dir / "segnet.pt")
+    assert (ev["kind"], ev["role"], loss["kind"], loss["role"]) == ("resail-eval-segnet", "eval", "resail-segnet", "loss")
+    assert ev["seed"] == loss["seed"] + 1000
+    assert any(not torch.equal(v, loss["state_dict"][k]) for k, v in ev["state_dict"].items()
+               if v.is_floating_point())
+    assert (run_dir / "eval_segnet_summary.json").is_file()
