@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.composition import class_maps, paste_order, paste_segment
 from pipeline.errors import ConfigError
 from pipeline.online import choose
 from pipeline.retrieval import TopK
@@ -120,6 +121,8 @@ class MapEdit:
         self.labels = np.zeros((0, 0), np.int64)
         self.instances: np.ndarray | None = None
         self.segs: list[Segment] = []
+        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+        self._layers: dict[tuple[int, int], tuple] = {}
         self._apply_labels(labels, instances, source)
         self._render()
         self._snapshot(what)
@@ -164,6 +167,7 @@ class MapEdit:
         old = {placed_key(s): self.overrides[i] for i, s in enumerate(self.segs) if i in self.overrides}
         self.overrides = {i: old[k] for i, s in enumerate(segs) if (k := placed_key(s)) in old}
         self.labels, self.instances, self.segs, self.top = labels, inst, segs, top
+        self._maps, self._layers = None, {}  # paste layers depend on the whole map's thing/stuff pixels
         self.timings = {"decompose_ms": 1e3 * (t1 - t0), "retrieve_ms": 1e3 * (t2 - t1),
                         "segments_retrieved": n_new, "segments_reused": len(segs) - n_new}
 
@@ -177,13 +181,47 @@ class MapEdit:
         t0 = time.perf_counter()
         ov, self.matches = self._choices()
         self.chosen_rank = [ov.get(i, self.rank) if self.matches[i] >= 0 else None for i in range(len(self.segs))]
-        self.guidance, self.valid = self.syn.online.compose(self.labels, self.segs, self.matches)
+        self.guidance, self.valid = self._compose()
         t1 = time.perf_counter()
         self.image = self.syn.render(self.labels, self.guidance, self.instances, self.seed)
         t2 = time.perf_counter()
         self.version += 1
         self._png.clear()
         self.timings.update({"compose_ms": 1e3 * (t1 - t0), "generate_ms": 1e3 * (t2 - t1)})
+
+    def _compose(self) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`pipeline.composition.compose_guidance`, by layers: each segment's paste (its box,
+        pasted pixels and colours, computed by :func:`paste_segment` itself) is kept per chosen
+        candidate until the map is repainted, so a local or global edit pastes only the segments
+        whose candidate changed and then replays the layers in the paste order (same result)."""
+        H, W = self.labels.shape
+        if self._maps is None:
+            self._maps = class_maps(self.labels, self.syn.meta)
+            self._layers.clear()
+        thing_map, stuff_map = self._maps
+        guidance = np.zeros((H, W, 3), np.uint8)
+        valid = np.zeros((H, W), bool)
+        scratch_g, scratch_v = None, None
+        for i in paste_order(self.segs):
+            c = int(self.matches[i])
+            if c < 0:
+                continue
+            layer = self._layers.get((i, c))
+            if layer is None:
+                if scratch_g is None:
+                    scratch_g, scratch_v = np.zeros((H, W, 3), np.uint8), np.zeros((H, W), bool)
+                q = self.segs[i]
+                rgb, m = self.syn.online.crop(c)
+                paste_segment(scratch_g, scratch_v, q.box, q.mask, q.is_thing, thing_map, rgb, m, stuff_map=stuff_map)
+                y0, x0, y1, x1 = q.box
+                layer = (q.box, scratch_v[y0:y1, x0:x1].copy(), scratch_g[y0:y1, x0:x1].copy())
+                scratch_g[y0:y1, x0:x1] = 0
+                scratch_v[y0:y1, x0:x1] = False
+                self._layers[(i, c)] = layer
+            (y0, x0, y1, x1), pm, rgb = layer
+            guidance[y0:y1, x0:x1][pm] = rgb[pm]
+            valid[y0:y1, x0:x1] |= pm
+        return guidance, valid
 
     def _snapshot(self, what: str) -> None:
         self.history.append(Snapshot.take(what, self))
@@ -300,6 +338,8 @@ class MapEdit:
         n += sum(s.mask.nbytes + 200 for s in self.segs)
         n += sum(sum(a.nbytes for a in rows) + 64 for rows in self._memo.values())
         n += sum(len(b) for b in self._png.values()) + sum(h.nbytes for h in self.history)
+        n += sum(pm.nbytes + rgb.nbytes for _, pm, rgb in self._layers.values())
+        n += 0 if self._maps is None else sum(a.nbytes for a in self._maps)
         return int(n)
 
 

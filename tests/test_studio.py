@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_synthesis import cli, tiny_run, unseen_map, write_map
+from tests.test_synthesis import _one_thread, cli, tiny_run, unseen_map, write_map  # noqa: F401 (autouse fixture)
 
 fastapi = pytest.importorskip("fastapi", reason="fastapi is not installed (pip install -e .[dev])")
 pytest.importorskip("httpx", reason="httpx (the test client's transport) is not installed")
@@ -49,14 +49,6 @@ def guidance_sensitive_run(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def srun(tmp_path_factory):
     return guidance_sensitive_run(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +169,16 @@ def test_edits_equal_the_synthesizers_editing(client, syn):
     # local edit
     st1 = client.put(f"/api/maps/{mid}/segments/{q}", json={"rank": 1}).json()
     img1 = rgb_of(client.get(st1["image_url"]))
-    want, _, _ = syn.synthesize(lab, inst, overrides={q: 1})
+    want, gwant, _ = syn.synthesize(lab, inst, overrides={q: 1})
     assert np.array_equal(img1, want) and not np.array_equal(img1, img0)
+    assert np.array_equal(rgb_of(client.get(st1["guidance_url"])), gwant)  # the layered composition is exact
     assert st1["segments"][q]["rank"] == 1 and st1["overrides"] == {str(q): 1}
     assert st1["timings"]["segments_retrieved"] == 0
     # global edit clears the local one
     st2 = client.put(f"/api/maps/{mid}/ranks", json={"rank": 1}).json()
-    want, _, _ = syn.synthesize(lab, inst, rank=1)
+    want, gwant, _ = syn.synthesize(lab, inst, rank=1)
     assert np.array_equal(rgb_of(client.get(st2["image_url"])), want) and st2["overrides"] == {}
+    assert np.array_equal(rgb_of(client.get(st2["guidance_url"])), gwant)
     # reference edit
     ref = client.get("/api/info").json()["references"][1]
     st3 = client.put(f"/api/maps/{mid}/reference", json={"image_id": ref}).json()
