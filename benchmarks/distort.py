@@ -64,31 +64,49 @@ def guidance_black_share(cache_dir: str | Path, distortions_dir: str | Path | No
 
 
 def run_distort_bench(cache_dir: str | Path, jobs_list=(1, 2), variants: int = 4, repeat: int = 1, seed: int = 0,
-                      color_targets: str = "auto") -> dict:
+                      color_targets: str = "auto", canvas: str = "black") -> dict:
+    """Time ``build_distortions`` per ``--jobs`` against decoding the same images, in wall seconds
+    and (serial run, robust on a loaded machine) CPU seconds; then how often the variants show
+    content where the guidance is black (:func:`guidance_black_share`, needs ``guidance.h5``)."""
     cache_dir = Path(cache_dir)
     with SegmentDB.open(cache_dir) as db:
         adapter = db.open_adapter()
         refs = db.sample_refs(adapter, db.image_rows(str(db.attrs.get("db_split", "train"))))
+    c0 = time.process_time()
     decode = decode_seconds(adapter, refs, repeat)
-    params = DistortParams(variants=variants, seed=seed, color_targets=color_targets)
-    results = {"images": len(refs), "variants": variants, "decode_s": decode, "runs": {}, "stats_s": {}}
+    decode_cpu = (time.process_time() - c0) / repeat
+    params = DistortParams(variants=variants, seed=seed, color_targets=color_targets, canvas=canvas)
+    results = {"images": len(refs), "variants": variants, "decode_s": decode, "decode_cpu_s": decode_cpu,
+               "runs": {}, "cpu": {}, "stats_s": {}}
+    shares = None
     for jobs in jobs_list:
-        total = stats = 0.0
+        total = stats = cpu = 0.0
         for _ in range(repeat):
             with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 summary = build_distortions(cache_dir, params, out_dir=tmp, jobs=jobs, progress=False)
                 total += time.perf_counter() - t0
+                cpu += time.process_time() - c0
                 stats += summary.stats_s
+                if shares is None and (cache_dir / cache.GUIDANCE_H5).is_file():
+                    shares = guidance_black_share(cache_dir, tmp)
         results["runs"][jobs] = total / repeat
+        results["cpu"][jobs] = cpu / repeat if jobs == 1 else None  # workers' CPU is not ours to count
         results["stats_s"][jobs] = stats / repeat
+    results["black_share"] = shares
     n = len(refs)
     print(f"distort benchmark: {n} images of {cache_dir} ({adapter.format} at {adapter.root}), K = {variants} variants, "
-          f"colour targets {summary.color_targets}")
-    print("| run | seconds | images/s | ms/image | × decode time | of which colour stats (s) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| decode only (reference) | {decode:.2f} | {n / decode:.1f} | {1e3 * decode / n:.1f} | 1.00 | – |")
+          f"colour targets {summary.color_targets}, canvas {canvas}")
+    print("| run | seconds | images/s | ms/image | × decode time | CPU s | × decode CPU | of which colour stats (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| decode only (reference) | {decode:.2f} | {n / decode:.1f} | {1e3 * decode / n:.1f} | 1.00 "
+          f"| {decode_cpu:.2f} | 1.00 | – |")
     for jobs, sec in results["runs"].items():
+        c = results["cpu"][jobs]
+        cpu_cols = f"{c:.2f} | {c / decode_cpu:.1f}" if c is not None else "– | –"
         print(f"| distort --jobs {jobs} | {sec:.2f} | {n / sec:.1f} | {1e3 * sec / n:.1f} | {sec / decode:.1f} "
-              f"| {results['stats_s'][jobs]:.2f} |")
+              f"| {cpu_cols} | {results['stats_s'][jobs]:.2f} |")
+    if shares is not None:
+        print(f"guidance-black pixels showing content in the variants: {shares['any']:.1%} of all, "
+              f"{shares['outside_matched']:.1%} outside the matched segments (void, unmatched, dropped)")
     return results

@@ -26,6 +26,22 @@ def bench_decompose(p: Params, fmt, data_root, jobs_list, repeat) -> None:
                         tuple(int(j) for j in jobs_list.split(",")), repeat)
 
 
+@command.command("pipeline")
+@click.option("--format", "fmt", default=None, help="dataset layout [params: dataset.format]")
+@click.option("--data-root", default=None, help="dataset root [params: dataset.root]")
+@click.option("--resize", default=None, help="working resolution HxW or S (shorter side), as `resail decompose --resize`")
+@click.option("--splits", default="train", show_default=True, help="splits to run (comma-separated)")
+@click.option("--variants", type=int, default=4, show_default=True, help="distorted variants per image")
+@click.option("--limit", type=int, default=None, help="only the first N images")
+@click.pass_obj
+def bench_pipeline(p: Params, fmt, data_root, resize, splits, variants, limit) -> None:
+    """Per-image time and bytes of decompose/retrieve/compose/distort, projected to full datasets."""
+    from benchmarks.pipeline import run_pipeline_bench
+
+    run_pipeline_bench(p.get("dataset", "format", fmt, "folder"), p.get("dataset", "root", data_root),
+                       resize=resize, splits=splits, variants=variants, limit=limit)
+
+
 def _register() -> None:
     from stages.distort import bench_command as distort_bench
 

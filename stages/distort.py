@@ -86,10 +86,11 @@ def command(p: Params, cache_dir, variants, seed, kinds, p_color, p_shape, p_res
 @click.option("--jobs", "jobs_list", default="1,2", show_default=True, help="comma-separated worker counts")
 @click.option("--variants", type=int, default=4, show_default=True)
 @click.option("--repeat", type=int, default=1, show_default=True)
+@click.option("--canvas", type=click.Choice(CANVASES), default="black", show_default=True)
 @click.pass_obj
-def bench_command(p: Params, cache_dir, jobs_list, variants, repeat) -> None:
+def bench_command(p: Params, cache_dir, jobs_list, variants, repeat, canvas) -> None:
     """images/s of `resail distort` for each --jobs, against decoding the same images."""
     from benchmarks.distort import run_distort_bench
 
     run_distort_bench(p.dataset_cache(cache_dir), tuple(int(j) for j in jobs_list.split(",")), variants=variants,
-                      repeat=repeat)
+                      repeat=repeat, canvas=canvas)
