@@ -346,18 +346,21 @@ class CacheDataset(Dataset):
         return self.num_classes + (1 if self.instance_edges else 0)
 
     # -- cached arrays
+    def _dataset(self, path: Path, key: str, row: dict, what: str) -> tuple[h5py.Dataset, int, int]:
+        """One image's HDF5 dataset and the image's recorded (H, W); a missing key is a stale cache."""
+        f = self._file(path)
+        if key not in f:
+            raise CacheError(path, f"no {what} for {row['split']}/{row['image_id']} (stale cache: re-run the stage)")
+        return f[key], int(row["height"]), int(row["width"])
+
     def _read_rgb(self, path: Path, row: dict, what: str, variant_rng: np.random.Generator | None) -> np.ndarray:
         return self._read_rgb_variant(path, row, what, variant_rng)[0]
 
     def _read_rgb_variant(self, path: Path, row: dict, what: str,
                           variant_rng: np.random.Generator | None) -> tuple[np.ndarray, int | None]:
         """The image (one variant drawn from ``variant_rng`` of a ``[K, H, W, 3]`` dataset) and its variant."""
-        f = self._file(path)
         key = cache.image_key(row["split"], row["image_id"])
-        if key not in f:
-            raise CacheError(path, f"no {what} for {row['split']}/{row['image_id']} (stale cache: re-run the stage)")
-        ds = f[key]
-        h, w = int(row["height"]), int(row["width"])
+        ds, h, w = self._dataset(path, key, row, what)
         if variant_rng is not None:
             if ds.ndim != 4 or tuple(ds.shape[1:]) != (h, w, 3) or ds.shape[0] < 1:
                 raise CacheError(path, f"{key} has shape {ds.shape}, expected [K, {h}, {w}, 3]")
@@ -374,12 +377,8 @@ class CacheDataset(Dataset):
 
     def _read_valid(self, path: Path, row: dict, variant: int | None) -> np.ndarray:
         """The bool H×W valid map of an image (``variant`` of a ``[K, H, W]`` one) stored beside its image."""
-        f = self._file(path)
         key = cache.valid_key(row["split"], row["image_id"])
-        if key not in f:
-            raise CacheError(path, f"no valid map for {row['split']}/{row['image_id']} (stale cache: re-run the stage)")
-        ds = f[key]
-        h, w = int(row["height"]), int(row["width"])
+        ds, h, w = self._dataset(path, key, row, "valid map")
         ok = tuple(ds.shape) == (h, w) if variant is None else \
             (ds.ndim == 3 and tuple(ds.shape[1:]) == (h, w) and ds.shape[0] > variant)
         if not ok:
