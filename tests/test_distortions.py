@@ -392,3 +392,20 @@ def test_output_statistics_unchanged_by_the_speed_work():
     assert np.abs(np.subtract(psnr, _BEFORE_PSNR)).max() < 0.3
     assert np.abs(np.subtract(holes, _BEFORE_HOLES)).max() < 0.01
     assert abs(np.mean(psnr) - np.mean(_BEFORE_PSNR)) < 0.05 and abs(np.mean(holes) - np.mean(_BEFORE_HOLES)) < 0.002
+
+
+def test_dense_map_coarse_step_on_large_crops_stays_subpixel():
+    """Large crops use step 8 (TPS_COARSE_SIDE): with shifts ∝ √area the error stays sub-pixel."""
+    from pipeline.distortions import TPS_COARSE_SIDE, _dense_map, _eval_points, estimate_backward_tps
+
+    h, w = TPS_COARSE_SIDE, 2 * TPS_COARSE_SIDE
+    rng = np.random.default_rng(5)
+    t = np.linspace(0, 2 * np.pi, 10, endpoint=False)
+    src = np.stack([w / 2 + 0.45 * w * np.cos(t), h / 2 + 0.45 * h * np.sin(t)], axis=1)
+    dst = src.copy()
+    dst[[0, 3, 6]] += rng.uniform(-0.4, 0.4, (3, 2)) * 0.22 * np.sqrt(0.6 * h * w)
+    tform = estimate_backward_tps(src, dst)
+    exact = _eval_points(tform, np.arange(0, w, 3), np.arange(0, h, 3))
+    map_x, map_y = _dense_map(tform, h, w, 8)
+    err = np.hypot(map_x[::3, ::3] - exact[..., 0], map_y[::3, ::3] - exact[..., 1])
+    assert err.max() < 0.5
