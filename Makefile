@@ -6,7 +6,7 @@ PYTHON ?= python3
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean ablation-demo
 
 # torch is installed first, and only when .venv has none: setup.cfg says torch>=2.1, so a CUDA build
 # you put into .venv yourself is kept. TORCH picks another pin (e.g. make install TORCH=torch==2.5.1).
@@ -32,6 +32,25 @@ demo: install
 	@echo "Contact sheet: $$(ls datasets_cache/*/contact_sheet.png)"
 	@echo "Training run:  $$(python -c 'import yaml;print(yaml.safe_load(open("params.yaml"))["train"]["run_dir"])')/"
 	@echo "Report:        $(CURDIR)/$$(python -c 'import yaml;print(yaml.safe_load(open("params.yaml"))["train"]["run_dir"])')/report/index.html"
+
+# Table 3 in miniature as DVC experiments (README "Experiments"): the demo pipeline once (cached stages
+# are skipped), then RESAIL vs SPADE queued with a short training, run ABLATION_JOBS at a time, and one
+# comparison page. About 5 min on 2 CPU cores after `make demo`.
+ABLATION_STEPS ?= 60
+ABLATION_JOBS ?= 2
+ABLATION_OUT ?= ablation_demo
+
+ablation-demo: install
+	@test -d .git || { echo "error: make ablation-demo needs a git checkout (dvc exp runs in one)"; exit 1; }
+	dvc repro
+	dvc exp run --queue -S 'train.set.model.norm=resail,spade' -S train.max_steps=$(ABLATION_STEPS)
+	dvc queue start -j $(ABLATION_JOBS)
+	@while dvc queue status | grep -qE ' (Queued|Running) *$$'; do sleep 5; done
+	@dvc queue status
+	@! dvc queue status | grep -qE ' Failed *$$' || { echo "error: an experiment failed (dvc queue logs NAME)"; exit 1; }
+	resail compare --exps --no-baseline --out $(ABLATION_OUT)
+	dvc exp show --only-changed --drop 'Created|State|Executor|^data/|^datasets_cache/|^pipeline/|^resail_train/|^runs/' --md
+	@echo "Comparison page: $(CURDIR)/$(ABLATION_OUT)/index.html"
 
 test: install
 	$(BIN)/python -m pytest -q

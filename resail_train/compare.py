@@ -44,7 +44,7 @@ CURVES_DIR = "logs/plots/metrics/train"
 EVAL_DIR = "eval"
 # Keys of metrics.json / eval_details.json that define how the numbers were measured.
 PROTOCOL_KEYS = ("segmenter", "segmenter_weights_sha256", "fid_reference", "fid_weights", "fid_inception",
-                 "split", "n_images", "size")
+                 "split", "n_images", "size", "checkpoint")
 # params.yaml keys that only say where things go or how fast: never a "differing param".
 NOISE_PARAMS = ("train.run_dir", "dataset.name", "train.device", "evaluate.device", "report.device",
                 "synthesize.device", "retrieve.device", "decompose.jobs", "distort.jobs", "compose.jobs",
@@ -68,7 +68,7 @@ class RunRecord:
 
     @property
     def steps(self) -> int | None:
-        return self.summary.get("step")
+        return self.summary.get("step", self.metrics.get("step"))
 
     @property
     def seconds(self) -> float | None:

@@ -206,3 +206,82 @@ def test_page_renders_in_headless_chromium(tmp_path):
                           f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", res.html.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     assert "<table>" in dom and "Table 3" in dom
+
+
+# --------------------------------------------------------------------------- diagnostics (issue 15's "why")
+class _StubSyn:
+    """The four Synthesizer methods diagnostics.guidance_use needs, over a real generator."""
+
+    def __init__(self, G, n_classes: int = 3, size=(16, 16)):
+        self.G, self.size, self.n = G.eval(), size, n_classes
+
+    def guidance(self, labels, instances=None):
+        from types import SimpleNamespace
+
+        g = np.stack([labels * 70 % 256, 255 - labels * 50, labels * 30 + 20], -1).astype(np.uint8)
+        return SimpleNamespace(guidance=g, valid=labels > 0)
+
+    def prepare(self, labels, guidance, instances=None):
+        import torch
+
+        seg = torch.nn.functional.one_hot(torch.from_numpy(labels.astype(np.int64)), self.n).permute(2, 0, 1).float()
+        return seg, torch.from_numpy(guidance).permute(2, 0, 1).float() / 127.5 - 1
+
+    def generate(self, seg, g, seed=0):
+        import torch
+
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return self.G(seg[None], g[None])
+
+    @staticmethod
+    def to_image(t):
+        return ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def _tiny_generator(norm: str):
+    from resail_train.config import load_config
+    from resail_train.models import build_generator
+
+    cfg = load_config("demo", [f"model.norm={norm}", "data.crop_size=[16,16]", "data.load_size=null",
+                               "model.num_upsampling=2", "model.ngf=2", "model.norm_hidden=4"])
+    import torch
+
+    G = build_generator(cfg, 3)
+    torch.manual_seed(0)
+    with torch.no_grad():  # the 0.02-gain init is ~silent in eval mode; wake it up (mix scalars stay 0)
+        for n, p in G.named_parameters():
+            if "mix_" not in n:
+                p.normal_(0, 0.3)
+    return G
+
+
+def test_diagnostics_mix_weights_and_guidance_use():
+    import torch
+    from types import SimpleNamespace
+
+    from resail_train.diagnostics import guidance_use, mix_weights
+
+    G = _tiny_generator("resail")
+    mw = mix_weights(G)
+    assert mw and all(m["gamma"] == 0.5 and m["beta"] == 0.5 for m in mw)  # eq. h starts at 0.5 / 0.5
+    with torch.no_grad():
+        next(p for n, p in G.named_parameters() if n.endswith("mix_gamma")).fill_(1.0)
+    assert max(m["gamma"] for m in mix_weights(G)) == pytest.approx(1 / (1 + np.exp(-1.0)))
+    assert mix_weights(_tiny_generator("spade")) == []
+
+    rng = np.random.default_rng(0)
+    samples = [SimpleNamespace(labels=rng.integers(0, 3, (16, 16)), instances=None,
+                               image=rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(3)]
+    spade = guidance_use(_StubSyn(_tiny_generator("spade")), samples)
+    assert spade["sensitivity_black_guidance"] == 0 and spade["sensitivity_other_guidance"] == 0
+    res = guidance_use(_StubSyn(G), samples)
+    assert res["sensitivity_black_guidance"] > 0 and res["n_images"] == 3
+    # fidelity of the real image: by hand on the covered pixels
+    s = samples[0]
+    g = _StubSyn(G).guidance(s.labels).guidance
+    m = s.labels > 0
+    want = [np.abs(x.image.astype(float) - _StubSyn(G).guidance(x.labels).guidance).mean(-1)[x.labels > 0].mean()
+            for x in samples]
+    assert res["real_vs_guidance_on_covered"] == pytest.approx(np.mean(want))
+    assert g.shape == (16, 16, 3) and m.any()
