@@ -30,7 +30,7 @@ from pipeline.composition import class_maps, paste_order, paste_segment
 from pipeline.errors import ConfigError
 from pipeline.online import choose
 from pipeline.retrieval import TopK
-from pipeline.segments import Segment
+from pipeline.segments import Segment, segment_query_flags
 from resail_studio.pngio import encode_rgb, thumbnail
 
 HISTORY_LIMIT = 24  # snapshots kept per map (oldest dropped)
@@ -153,7 +153,11 @@ class MapEdit:
         if not parts:
             return TopK.empty(), len(uniq)
         cols = [np.concatenate([p[j] for p in parts]) for j in range(6)]
-        return TopK(*cols), len(uniq)
+        # Per-image query pruning depends on the whole map, so it is applied after the memo (as
+        # OnlineGuidance.retrieve does): a pruned segment stays black, exactly as in `resail synthesize`.
+        online = self.syn.online
+        flags = segment_query_flags(segs, online.pruning, online.preserved_ratio)
+        return TopK(*cols).only_queries(flags), len(uniq)
 
     def _apply_labels(self, labels: np.ndarray, instances: np.ndarray | None, source: str) -> None:
         labels = np.asarray(labels, dtype=np.int64)

@@ -223,10 +223,16 @@ def test_repaint_retrieves_only_changed_segments(client, syn):
     inst_kept = np.where(painted == lab, inst, 0)
     edit = client.app.state.studio.store.get(mid)
     assert np.array_equal(edit.instances, inst_kept)
-    # the reused + re-retrieved top-k is exactly the top-k of the painted map (brute force)
+    # the reused + re-retrieved top-k is exactly the top-k of the painted map (brute force), with the
+    # per-image query pruning of the whole painted map applied as `resail synthesize` applies it
+    from pipeline.segments import segment_query_flags
+
     segs = syn.online.decompose(painted, inst_kept)
-    exact = brute_force(syn, segs)
+    flags = segment_query_flags(segs, syn.online.pruning, syn.online.preserved_ratio)
+    assert not flags.all()  # this map has a pruned query: repainting must not bring it guidance
+    exact = brute_force(syn, segs).only_queries(flags)
     assert edit.top.first_difference(exact) is None and len(edit.segs) == len(segs)
+    assert np.array_equal(rgb_of(client.get(st2["image_url"])), syn.synthesize(painted, inst_kept)[0])
     from pipeline.online import choose
 
     g, _ = syn.online.compose(painted, segs, choose(exact, len(segs)))
