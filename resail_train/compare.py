@@ -175,6 +175,9 @@ class ExpEntry:
     rev: str
     params: dict[str, Any]
     baseline: bool
+    # metrics files as `dvc exp show --json` reports them ({path: values}): `cache: false` outputs
+    # such as metrics.json are not committed into experiment refs, so the files may be unreadable there
+    metrics: dict[str, dict] = field(default_factory=dict)
 
 
 def parse_exp_show(data: Any) -> tuple[list[ExpEntry], list[str]]:
@@ -199,7 +202,9 @@ def parse_exp_show(data: Any) -> tuple[list[ExpEntry], list[str]]:
         for fname, pf in (d.get("params") or {}).items():
             if isinstance(pf, dict) and isinstance(pf.get("data"), dict):
                 params.update(flatten(pf["data"]))
-        entries.append(ExpEntry(str(name), str(row.get("rev")), params, baseline))
+        metrics = {str(path): mf["data"] for path, mf in (d.get("metrics") or {}).items()
+                   if isinstance(mf, dict) and isinstance(mf.get("data"), dict)}
+        entries.append(ExpEntry(str(name), str(row.get("rev")), params, baseline, metrics))
 
     for top in data:
         if not isinstance(top, dict) or top.get("rev") == "workspace":
@@ -256,6 +261,23 @@ def _fetch_run_files(fs, run_dir: str, dest: Path) -> bool:
     return got
 
 
+def _metrics_from_show(metrics: dict[str, dict], run_dir: str, dest: Path) -> bool:
+    """Write the run's metrics files that ``dvc exp show`` reported but the revision lacks."""
+    wrote = False
+    for path, values in metrics.items():
+        rel = path.replace("\\", "/").strip("/")
+        if not rel.startswith(run_dir + "/"):
+            continue
+        sub = rel[len(run_dir) + 1:]
+        out = dest / sub
+        if sub not in ("metrics.json", "reference.json") or out.exists():
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(values))
+        wrote = True
+    return wrote
+
+
 def load_exps(repo: str | Path = ".", work_dir: str | Path | None = None, show: Any = None,
               include_baseline: bool = True) -> tuple[list[RunRecord], list[str]]:
     """One :class:`RunRecord` per DVC experiment of ``repo`` (files copied into ``work_dir``)."""
@@ -276,6 +298,7 @@ def load_exps(repo: str | Path = ".", work_dir: str | Path | None = None, show: 
         except Exception as err:  # noqa: BLE001 - a missing cache object etc. → note, not a crash
             notes.append(f"{e.name}: skipped (cannot read {run_dir} at {e.rev[:7]}: {err})")
             continue
+        found = _metrics_from_show(e.metrics, run_dir, dest) or found
         if not found:
             notes.append(f"{e.name}: skipped (no run files under {run_dir} at {e.rev[:7]})")
             continue

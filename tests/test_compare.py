@@ -167,6 +167,31 @@ def test_parse_exp_show_takes_finished_exps_and_notes_the_rest():
         C.parse_exp_show({"not": "a list"})
 
 
+def test_exp_show_metrics_fill_in_uncommitted_metrics_files(tmp_path):
+    # `cache: false` metrics are not in experiment commits: the values `dvc exp show --json` reports
+    # must reach the record (headline metrics.json and reference.json of the run, nothing else)
+    rev = "f" * 40
+    m = {"fid": 123.5, "miou": 0.25, "pixel_acc": 0.5, "step": 7, "segmenter": "own"}
+    data = [{"rev": rev, "name": "exp-9", "error": None, "experiments": None,
+             "data": {"rev": rev, "params": {}, "metrics": {
+                 "runs/x/metrics.json": {"data": m}, "runs/x/reference.json": {"data": {"miou": 0.4}},
+                 "runs/x/logs/metrics.json": {"data": {"step": 7}}, "runs/y/metrics.json": {"data": {"fid": 1.0}},
+                 "runs/x/broken.json": {"error": {"msg": "x"}}}}}]
+    (entry,), _ = C.parse_exp_show(data)
+    assert set(entry.metrics) == {"runs/x/metrics.json", "runs/x/reference.json", "runs/x/logs/metrics.json",
+                                  "runs/y/metrics.json"}
+    dest = tmp_path / "rec"
+    assert C._metrics_from_show(entry.metrics, "runs/x", dest)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.json")) == ["metrics.json", "reference.json"]
+    (dest / "config.yaml").write_text("model: {norm: spade}\n")
+    rec = C.load_run(dest, "exp-9")
+    assert rec.metrics == m and rec.steps == 7
+    # a file fetched from the revision wins over the reported values
+    (dest / "metrics.json").write_text(json.dumps({"fid": 9.0}))
+    assert not C._metrics_from_show({"runs/x/metrics.json": m}, "runs/x", dest)
+    assert json.loads((dest / "metrics.json").read_text()) == {"fid": 9.0}
+
+
 def test_cli_errors_are_one_line(tmp_path):
     from stages.cli import main
 
