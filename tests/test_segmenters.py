@@ -17,12 +17,7 @@ from pipeline.errors import ConfigError
 from resail_train.metrics.segmenters import IGNORE, load_segmenter
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.test_synthesis import _one_thread  # noqa: E402,F401 (autouse: one intra-op thread)
 
 
 def _save(state, path, prefix=""):
