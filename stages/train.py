@@ -49,6 +49,13 @@ def _load(p: Params, config: str | None, sets: tuple[str, ...], with_param_sets:
     return load_config(p.get("train", "config", config, "demo"), _overrides(p, tuple(extra) + tuple(sets)))
 
 
+def _echo_segnet(command: str, res) -> None:
+    """The one-line summary both segmentation-net commands print."""
+    val = "" if res.val_miou is None else f", val mIoU {res.val_miou:.3f} / acc {res.val_pixel_acc:.3f}"
+    click.echo(f"{command}: {res.steps} steps in {res.seconds:.0f}s, train mIoU {res.train_miou:.3f} / "
+               f"acc {res.train_pixel_acc:.3f}{val} → {res.path}")
+
+
 @click.command("train-segnet")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="cache folder [default: datasets_cache/<dataset.name>]")
@@ -70,9 +77,7 @@ def train_segnet_command(p: Params, cache_dir, out, config, sets, max_steps, dev
     res = train_segnet(p.dataset_cache(cache_dir), p.run_dir(out, "--out"), cfg,
                        max_steps=p.get("train", "segnet_max_steps", max_steps),
                        device=p.get("train", "device", device, "auto"), progress=progress, data_root=data_root)
-    val = "" if res.val_miou is None else f", val mIoU {res.val_miou:.3f} / acc {res.val_pixel_acc:.3f}"
-    click.echo(f"train-segnet: {res.steps} steps in {res.seconds:.0f}s, train mIoU {res.train_miou:.3f} / "
-               f"acc {res.train_pixel_acc:.3f}{val} → {res.path}")
+    _echo_segnet("train-segnet", res)
 
 
 @click.command("train-eval-segnet")
@@ -100,9 +105,7 @@ def train_eval_segnet_command(p: Params, cache_dir, out, config, sets, seed, max
                        max_steps=p.get("eval_segnet", "max_steps", max_steps),
                        device=p.get("train", "device", device, "auto"), progress=progress, data_root=data_root,
                        role="eval", seed=p.get("eval_segnet", "seed", seed))
-    val = "" if res.val_miou is None else f", val mIoU {res.val_miou:.3f} / acc {res.val_pixel_acc:.3f}"
-    click.echo(f"train-eval-segnet: {res.steps} steps in {res.seconds:.0f}s, train mIoU {res.train_miou:.3f} / "
-               f"acc {res.train_pixel_acc:.3f}{val} → {res.path}")
+    _echo_segnet("train-eval-segnet", res)
 
 
 @click.command("train")
