@@ -77,6 +77,7 @@ IMAGE_SCHEMA = pa.schema([
 ])
 
 _H5_CHUNK = 1 << 18  # elements per chunk of the flat crop arrays
+LAB_STATS = "lab_stats"  # segments.h5: [N, 6] lαβ mean/std per segment (optional: older databases lack it)
 _H5_OPTS = dict(compression="gzip", compression_opts=1, track_times=False)
 
 
@@ -300,6 +301,7 @@ class SegmentWriter:
         self._buf_masks: list[np.ndarray] = []
         self._buf_png: list[bytes] = []
         self._buf_bytes = 0
+        self._lab: list[np.ndarray] | None = []  # per image [n, 6]; None once an image came without
 
     @property
     def n_segments(self) -> int:
@@ -307,11 +309,16 @@ class SegmentWriter:
 
     def add_image(self, image_id: str, split: str, height: int, width: int, has_instances: bool,
                   rows: list[dict], packed_masks: np.ndarray, crop_pngs: list[bytes],
-                  source_size: tuple[int, int] | None = None) -> None:
+                  source_size: tuple[int, int] | None = None, lab: np.ndarray | None = None) -> None:
         """Append one image's segments (``rows`` hold the scalar columns of SEGMENT_SCHEMA,
         ``crop_pngs`` the :func:`encode_crop` bytes). ``height``/``width``: the working resolution;
-        ``source_size``: (H, W) on disk before ``--resize`` (default: the same)."""
+        ``source_size``: (H, W) on disk before ``--resize`` (default: the same); ``lab``: ``[n, 6]``
+        lαβ mean/std per segment (``/lab_stats`` is written only when every image gave them)."""
         first = self.n_segments
+        if lab is None:
+            self._lab = None
+        elif self._lab is not None:
+            self._lab.append(np.asarray(lab, np.float64).reshape(len(rows), 6))
         for k, r in enumerate(rows):
             self._cols["segment_id"].append(first + k)
             self._cols["image_id"].append(image_id)
@@ -352,6 +359,9 @@ class SegmentWriter:
         self._f.create_dataset("crop_offsets", data=np.asarray(self._offsets, dtype=np.int64), track_times=False)
         if digests is not None:
             self._f.create_dataset("image_digests", data=np.asarray(digests, dtype="S32"), track_times=False)
+        if self._lab is not None:
+            lab = np.concatenate(self._lab) if self._lab else np.zeros((0, 6))
+            self._f.create_dataset(LAB_STATS, data=lab, track_times=False)
         for k, v in {**self._attrs, "schema_version": SCHEMA_VERSION, "n_segments": self.n_segments,
                      "mask_size": self.mask_size}.items():
             self._f.attrs[k] = v
@@ -447,6 +457,16 @@ class SegmentDB:
             raise CacheError(h5_p, f"invalid segment database ({e})") from None
         return cls(cache_dir, segments, images, h5, meta, mask_size)
 
+    def lab_stats(self) -> np.ndarray | None:
+        """``[N, 6]`` float64 lαβ (mean, std) of every segment's pixels, or None for a database
+        written before ``/lab_stats`` existed (callers then compute them from the crops)."""
+        if LAB_STATS not in self.h5:
+            return None
+        ds = self.h5[LAB_STATS]
+        if ds.shape != (len(self), 6):
+            raise CacheError(self.cache_dir / SEGMENTS_H5, f"/{LAB_STATS} has shape {ds.shape}, expected ({len(self)}, 6)")
+        return ds[...]
+
     # -- columns
     def col(self, name: str) -> np.ndarray:
         return self.segments.column(name).to_numpy(zero_copy_only=False)
@@ -483,6 +503,10 @@ class SegmentDB:
             return decode_crop(self._png_ds[a:b])
         except ValueError as e:
             raise CacheError(self.cache_dir / SEGMENTS_H5, f"crop of segment {seg}: {e}") from None
+
+    def crop_mask(self, segment_id: int) -> np.ndarray:
+        """The mask crop (H×W bool) of one segment (its crop's alpha channel)."""
+        return self.crop(segment_id)[1]
 
     # -- the dataset it was decomposed from
     def open_adapter(self, fmt: str | None = None, data_root: str | Path | None = None) -> DatasetAdapter:

@@ -1,7 +1,9 @@
 """Decompose a whole dataset into the segment database (``resail decompose``).
 
 Per image (in parallel, results consumed in input order): load through the adapter, split into
-segments (:mod:`pipeline.segments`), normalise and bit-pack masks, cut crops. Then, once all
+segments (:mod:`pipeline.segments`), normalise and bit-pack masks, cut crops, and take each
+segment's lαβ mean/std (:mod:`pipeline.lab_colour`; what the colour distortion transfers, stored
+so that ``resail distort`` need not decode every crop again). Then, once all
 rows are known, flag retrieval candidates and queries (``pruning``: per image and class as the
 released code, per class over the database split, or none) and write the
 cache atomically (:mod:`pipeline.cache`).
@@ -18,6 +20,7 @@ from pipeline import cache
 from pipeline.datasets.base import DatasetAdapter, SampleRef
 from pipeline.datasets.resized import ResizedAdapter
 from pipeline.errors import ConfigError, DataError
+from pipeline.lab_colour import lab_stats_ln, ln_lms
 from pipeline.parallel import ordered_map
 from pipeline.segments import PRUNING_MODES, decompose, normalised_mask, pack_mask, pruning_flags
 
@@ -49,6 +52,7 @@ class ImageSegments:
     rows: list[dict]
     packed: np.ndarray  # [n, S*S/8] uint8
     crop_pngs: list[bytes]  # cache.encode_crop of each segment
+    lab: np.ndarray  # [n, 6] float64: lαβ mean, std of each segment's pixels (the colour distortion's targets)
 
 
 @dataclass
@@ -77,6 +81,8 @@ def decompose_sample(ref: SampleRef, adapter: DatasetAdapter, params: DecomposeP
     segs = decompose(sample.labels, sample.instances, adapter.classes(), params.min_area)
     S = params.mask_size
     packed = np.zeros((len(segs), S * S // 8), dtype=np.uint8)
+    lab = np.zeros((len(segs), 6), dtype=np.float64)
+    ln = ln_lms(sample.image).reshape(sample.image.shape) if segs else None
     rows, pngs = [], []
     for k, s in enumerate(segs):
         norm = normalised_mask(s.mask, S)
@@ -85,8 +91,11 @@ def decompose_sample(ref: SampleRef, adapter: DatasetAdapter, params: DecomposeP
         rows.append(dict(class_id=s.class_id, is_thing=s.is_thing, y0=y0, x0=x0, y1=y1, x1=x1, area=s.area,
                          box_area=s.box_area, norm_area=int(norm.sum()), source=s.source))
         pngs.append(cache.encode_crop(sample.image[y0:y1, x0:x1], s.mask))
+        mean, std = lab_stats_ln(ln[y0:y1, x0:x1][s.mask].reshape(-1, 1, 3))
+        lab[k, :3], lab[k, 3:] = mean, std
     h, w = sample.labels.shape
-    return ImageSegments(ref, h, w, sample.instances is not None, sample.source_size or (h, w), rows, packed, pngs)
+    return ImageSegments(ref, h, w, sample.instances is not None, sample.source_size or (h, w), rows, packed, pngs,
+                         lab)
 
 
 def collect_refs(adapter: DatasetAdapter, splits: list[str] | None) -> list[SampleRef]:
@@ -149,7 +158,7 @@ def build_segment_db(adapter: DatasetAdapter, out_dir: str | Path, *, splits: li
                                     "image": str(res.ref.image), "error": res.error})
                     continue
                 writer.add_image(res.ref.image_id, res.ref.split, res.height, res.width, res.has_instances,
-                                 res.rows, res.packed, res.crop_pngs, source_size=res.source_size)
+                                 res.rows, res.packed, res.crop_pngs, source_size=res.source_size, lab=res.lab)
                 digests.append((res.ref.split, res.ref.image_id, cache.sample_digest(res.ref)))
             n_images = len(refs) - len(skipped)
             if n_images == 0:

@@ -11,7 +11,7 @@ images), in the database's image order:
 1. the real image is loaded through the dataset adapter (format and root from the segment database's
    attributes, overridable); its size must match ``images.parquet`` (else: stale cache);
 2. its segments come from the segment database: box, mask crop, class, thing flag, in segment order;
-3. ``distort_image`` is called ``K`` times, variant ``v`` with the generator
+3. ``distort_variants`` makes the ``K`` variants (each what ``distort_image`` gives), variant ``v`` with the generator
    ``default_rng(SeedSequence([seed, crc32("<split>/<image_id>"), v]))`` — a function of the seed and
    the image's name only, so the bytes do not depend on the order, ``--jobs``, the backend or which
    other images are processed;
@@ -67,10 +67,12 @@ from pipeline import cache
 from pipeline.cache import SegmentDB
 from pipeline.datasets import open_dataset
 from pipeline.datasets.base import DatasetAdapter, SampleRef
-from pipeline.distortions import CANVASES, KINDS, distort_image, lab_stats
+from pipeline.deflate import DEFLATE_IMPL, CompressedArray
+from pipeline.distortions import CANVASES, KINDS, distort_variants, lab_stats
 from pipeline.errors import CacheError, ConfigError, ResailError
 from pipeline.guidance import select_matches
 from pipeline.parallel import ordered_map
+from pipeline.segments import decompose
 from pipeline.visualize import hstack, write_png
 
 __all__ = [
@@ -95,8 +97,6 @@ PREVIEW_DIR = "distort_preview"
 #: The retrieval rank whose matches decide which segments a variant shows (compose's default rank).
 MATCH_RANK = 0
 
-_DEFLATE_LEVEL = 1
-_H5_OPTS = dict(compression="gzip", compression_opts=_DEFLATE_LEVEL, track_times=False)
 _STATS_CHUNK_PIXELS = 1 << 21  # pixels of crops per colour-statistics task (fixed: not tied to --jobs)
 
 
@@ -248,6 +248,8 @@ class ColorTargets:
             if target is None:
                 return None
             s = self.stats[target]
+            if np.isnan(s[0]):  # build_color_targets(queries=...) was not told this query
+                raise RuntimeError(f"colour statistics of segment {target} were not computed")
             return s[:3], s[3:], target
         return choose
 
@@ -284,8 +286,15 @@ def _runs(ids: np.ndarray, box_area: np.ndarray, budget: int) -> list[tuple[int,
 
 
 def build_color_targets(db: SegmentDB, mode: str = "auto", *, db_split: str | None = None, jobs: int = 1,
-                        backend: str = "loky", scheduler: str | None = None, progress: bool = True) -> ColorTargets:
-    """Candidate lists and target statistics for the colour distortion (module docstring)."""
+                        backend: str = "loky", scheduler: str | None = None, progress: bool = True,
+                        queries: np.ndarray | None = None) -> ColorTargets:
+    """Candidate lists and target statistics for the colour distortion (module docstring).
+
+    ``queries`` (bool ``[N]``, default all): the segments that will be distorted. Statistics are
+    computed only for the segments they can pick — their retrieved candidates, and the class pool
+    of a query left without one (or every pool of their classes in ``class`` mode) — since
+    decoding every crop of the database split cost as much as a fifth of the stage; the others
+    stay NaN and are never picked."""
     if mode not in COLOR_TARGET_MODES:
         raise ConfigError(None, f"color_targets must be one of {', '.join(COLOR_TARGET_MODES)}, got {mode!r}")
     db_split = db_split or str(db.attrs.get("db_split", "train"))
@@ -317,7 +326,22 @@ def build_color_targets(db: SegmentDB, mode: str = "auto", *, db_split: str | No
         candidates = c
 
     pools = {int(k): np.flatnonzero(in_db & (class_ids == k)).astype(np.int64) for k in np.unique(class_ids[in_db])}
-    ids = np.flatnonzero(in_db)
+    wanted = np.zeros(n, bool)
+    queries = np.ones(n, bool) if queries is None else np.asarray(queries, bool)
+    fallback = queries.copy()  # queries that may fall back to their class pool
+    if offsets is not None:
+        wanted[candidates[np.repeat(queries, np.diff(offsets))]] = True
+        fallback &= np.diff(offsets) == 0
+    for k in np.unique(class_ids[fallback]):
+        pool = pools.get(int(k))
+        if pool is not None:
+            wanted[pool] = True
+    ids = np.flatnonzero(in_db & wanted)
+    stored = db.lab_stats()  # written by decompose: no crop to decode
+    if stored is not None:
+        stats = np.full((n, 6), np.nan)
+        stats[ids] = stored[ids]
+        return ColorTargets("retrieval" if use_retrieval else "class", stats, pools, offsets, candidates)
     stats = np.full((n, 6), np.nan)
     runs = _runs(ids, db.col("box_area").astype(np.int64), _STATS_CHUNK_PIXELS)
     res = ordered_map(_stats_chunk, runs, jobs=jobs, backend=backend, scheduler=scheduler, desc="colour stats",
@@ -343,6 +367,7 @@ class _ImageTask:
     class_ids: np.ndarray  # [n] int64
     is_thing: np.ndarray  # [n] bool
     paste: np.ndarray  # [n] bool: has a retrieval match (all True on the real canvas)
+    areas: np.ndarray  # [n] int64 mask pixels (checks the masks re-derived from the label map)
 
 
 @dataclass
@@ -361,41 +386,9 @@ class _ImageResult:
     split: str
     image_id: str
     first: int
-    variants: "CompressedArray"  # [K, H, W, 3] uint8
-    valid: "CompressedArray"  # [K, H, W] bool
+    variants: CompressedArray  # [K, H, W, 3] uint8, deflated in the worker (pipeline.deflate)
+    valid: CompressedArray  # [K, H, W] bool
     columns: dict[str, Any]
-
-
-@dataclass
-class CompressedArray:
-    """An array as its HDF5 deflate chunks (one per leading index), compressed in the worker.
-
-    The client then only copies bytes into the file (``write_direct_chunk``): compression was the
-    largest serial cost left on the client, and the compressed chunks are what crosses the network
-    (2–4× fewer bytes than the raw arrays). ``zlib`` at :data:`_DEFLATE_LEVEL` is deterministic, so
-    the file bytes still do not depend on ``--jobs`` or the backend; readers see an ordinary
-    gzip-filtered dataset."""
-
-    shape: tuple[int, ...]
-    dtype: str
-    chunks: list[bytes]
-
-    @classmethod
-    def of(cls, arr: np.ndarray) -> "CompressedArray":
-        return cls(tuple(arr.shape), arr.dtype.str,
-                   [zlib.compress(np.ascontiguousarray(a).tobytes(), _DEFLATE_LEVEL) for a in arr])
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(c) for c in self.chunks)
-
-    def write(self, f: h5py.File, key: str) -> h5py.Dataset:
-        ds = f.create_dataset(key, shape=self.shape, dtype=np.dtype(self.dtype), chunks=(1, *self.shape[1:]),
-                              **_H5_OPTS)
-        zero = (0,) * (len(self.shape) - 1)
-        for i, c in enumerate(self.chunks):
-            ds.id.write_direct_chunk((i, *zero), c)
-        return ds
 
 
 @dataclass
@@ -429,6 +422,24 @@ def _columns(task: _ImageTask, records_per_variant: list[list[dict]]) -> dict[st
     }
 
 
+def _masks_from_labels(sample, task: _ImageTask, db: SegmentDB) -> list[np.ndarray] | None:
+    """The image's segment masks re-derived from its label/instance maps by the decomposition itself
+    (:func:`pipeline.segments.decompose`, deterministic), or None when they do not match the
+    database's rows (count, class, box, area) — then the caller decodes the stored crops.
+
+    Decoding the RGBA crop PNGs only for their alpha channel was the stage's largest single cost
+    at full resolution (the crops of one Cityscapes frame cover ~2.6 image areas); labelling the
+    label map once costs about half of that."""
+    segs = decompose(sample.labels, sample.instances, db.meta, int(db.attrs.get("min_area", 0)))
+    if len(segs) != len(task.class_ids):
+        return None
+    for i, seg in enumerate(segs):
+        if (seg.class_id != task.class_ids[i] or tuple(seg.box) != tuple(int(v) for v in task.boxes[i])
+                or seg.area != task.areas[i]):
+            return None
+    return [seg.mask for seg in segs]
+
+
 def distort_task(task: _ImageTask, *, ctx: _Context) -> _ImageResult | _Failure:
     """All ``K`` variants of one image (runs in a worker; expected errors come back as a value)."""
     p = ctx.params
@@ -441,10 +452,11 @@ def distort_task(task: _ImageTask, *, ctx: _Context) -> _ImageResult | _Failure:
                              f"on disk but {task.width}x{task.height} in the segment database "
                              "(stale cache: re-run `resail decompose`)")
         db = cache.process_db(ctx.cache_dir)
+        masks = _masks_from_labels(sample, task, db)
         segments = []
         for i in range(len(task.class_ids)):
             y0, x0, y1, x1 = (int(v) for v in task.boxes[i])
-            _, mask = db.crop(task.first + i)
+            mask = masks[i] if masks is not None else db.crop_mask(task.first + i)
             if mask.shape != (y1 - y0, x1 - x0):
                 raise CacheError(Path(ctx.cache_dir) / cache.SEGMENTS_H5,
                                  f"crop of segment {task.first + i} is {mask.shape[1]}x{mask.shape[0]}, its box "
@@ -457,11 +469,11 @@ def distort_task(task: _ImageTask, *, ctx: _Context) -> _ImageResult | _Failure:
     out = np.empty((p.variants, task.height, task.width, 3), np.uint8)
     valid = np.empty((p.variants, task.height, task.width), bool)
     records = []
-    for v in range(p.variants):
-        rng = variant_rng(p.seed, ref.split, ref.image_id, v)
-        out[v], valid[v], recs = distort_image(sample.image, segments, chooser, rng, p.probs, p.kinds,
-                                               scale_range=p.scale_range, paste_rules=p.paste_rules,
-                                               paste=task.paste, canvas=p.canvas)
+    rngs = [variant_rng(p.seed, ref.split, ref.image_id, v) for v in range(p.variants)]
+    for v, (o, m, recs) in enumerate(distort_variants(sample.image, segments, chooser, rngs, p.probs, p.kinds,
+                                                      scale_range=p.scale_range, paste_rules=p.paste_rules,
+                                                      paste=task.paste, canvas=p.canvas)):
+        out[v], valid[v] = o, m
         records.append(recs)
     return _ImageResult(ref.split, ref.image_id, task.first, CompressedArray.of(out), CompressedArray.of(valid),
                         _columns(task, records))
@@ -517,15 +529,20 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
         refs = db.sample_refs(adapter, rows)
         boxes = np.stack([db.col(c).astype(np.int64) for c in ("y0", "x0", "y1", "x1")], axis=1)
         class_ids, is_thing = db.col("class_id").astype(np.int64), db.col("is_thing").astype(bool)
+        areas = db.col("area").astype(np.int64)
         paste = matched_segments(db) if params.canvas == "black" else np.ones(len(db), bool)
         tasks = []
         for r, ref in zip(rows, refs):
             a, b = int(r["first_segment"]), int(r["first_segment"]) + int(r["n_segments"])
             tasks.append(_ImageTask(ref, int(r["height"]), int(r["width"]), a, boxes[a:b], class_ids[a:b],
-                                    is_thing[a:b], paste[a:b]))
+                                    is_thing[a:b], paste[a:b], areas[a:b]))
         t0 = time.perf_counter()
+        queries = np.zeros(len(db), bool)
+        for t in tasks:
+            queries[t.first:t.first + len(t.paste)] = t.paste
         targets = (build_color_targets(db, params.color_targets, db_split=db_split, jobs=jobs, backend=backend,
-                                       scheduler=scheduler, progress=progress) if params.color_may_fire else None)
+                                       scheduler=scheduler, progress=progress, queries=queries)
+                   if params.color_may_fire else None)
         stats_s = time.perf_counter() - t0
         ctx = _Context(str(cache_dir), adapter.format, str(adapter.root), params, targets,
                        json.dumps(adapter.options, sort_keys=True), str(getattr(adapter, "spec", "") or ""))
@@ -545,7 +562,7 @@ def build_distortions(cache_dir: str | Path, params: DistortParams = DistortPara
                              ("probs", json.dumps(params.probs, sort_keys=True)),
                              ("scale_range", json.dumps(list(params.scale_range))),
                              ("paste_rules", params.paste_rules), ("color_targets", targets_mode),
-                             ("canvas", params.canvas), ("match_rank", MATCH_RANK),
+                             ("canvas", params.canvas), ("match_rank", MATCH_RANK), ("deflate", DEFLATE_IMPL),
                              ("splits", ",".join(wanted)), ("db_split", db_split), ("n_images", len(tasks))):
                     f.attrs[k] = v
                 results = ordered_map(distort_task, tasks, jobs=jobs, backend=backend, scheduler=scheduler,

@@ -73,10 +73,24 @@ the random numbers the other kinds, or the other segments, see.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+
+from pipeline.lab_colour import (  # the colour space lives with the segment statistics it defines
+    _LAB2LNLMS,
+    _LMS2RGB_32,
+    _LNLMS2LAB,
+    LMS_EPS,
+    SIGMA_EPS,
+    lab_stats,
+    lab_stats_ln,
+    lab_to_rgb,
+    ln_lms,
+    rgb_to_lab,
+)
 
 __all__ = [
     "KINDS",
@@ -94,97 +108,29 @@ __all__ = [
     "shape_distort",
     "resolution_distort",
     "distort_image",
+    "distort_variants",
+    "tps_grid_step",
 ]
 
 KINDS = ("color", "shape", "resolution")
 #: What a distorted variant shows outside its pasted segments (see :func:`distort_image`).
 CANVASES = ("black", "real")
 
-#: Clamp of LMS before ``log10`` (0–255 RGB scale); see the module docstring.
-LMS_EPS = 0.01
-#: A source channel whose lαβ std is at most this is shifted, not scaled.
-SIGMA_EPS = 1e-6
-
-# Reinhard et al. 2001, eq. 1 (RGB -> LMS) and eq. 4 (log LMS -> lαβ).
-_RGB2LMS = np.array(
-    [[0.3811, 0.5783, 0.0402],
-     [0.1967, 0.7244, 0.0782],
-     [0.0241, 0.1288, 0.8444]],
-    dtype=np.float64,
-)
-_LMS2RGB = np.linalg.inv(_RGB2LMS)
-_LOGLMS2LAB = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array(
-    [[1.0, 1.0, 1.0],
-     [1.0, 1.0, -2.0],
-     [1.0, -1.0, 0.0]]
-)
-_LAB2LOGLMS = np.linalg.inv(_LOGLMS2LAB)
-# The same maps on natural logs (ln LMS = ln10 · log10 LMS), and float32 copies for the fast path.
-_LNLMS2LAB = _LOGLMS2LAB / np.log(10.0)
-_LAB2LNLMS = _LAB2LOGLMS * np.log(10.0)
-_RGB2LMS_32 = _RGB2LMS.astype(np.float32)
-_LMS2RGB_32 = _LMS2RGB.astype(np.float32)
-_LNLMS2LAB_32 = _LNLMS2LAB.astype(np.float32)
 
 # Pixels per chunk when evaluating the TPS on a dense grid (bounds the N×10 kernel matrix).
 TPS_GRID_STEP = 4  # spline evaluated exactly every 4 px, bilinear between (see _dense_map)
-#: Crops whose shorter side is at least this use twice the step: the shifts grow with √area and
-#: spread over a length ∝ √area, so the warp's curvature falls as 1/√area and the interpolation
-#: error (∝ step² · curvature) stays at the small-crop level (~0.3 px) for 4× fewer spline nodes.
+#: Crops whose shorter side is at least this use twice the step, at twice this side four times it,
+#: … (:func:`tps_grid_step`).
 TPS_COARSE_SIDE = 256
+#: The coarsest node spacing (crops of shorter side ≥ 512 px; measured interpolation error ≤ 1.1 px there,
+#: against shifts of ~40–90 px at that size).
+TPS_MAX_STEP = 16
 _TPS_CHUNK = 1 << 18
 
 
 # --------------------------------------------------------------------------------------------------
 # Colour
 # --------------------------------------------------------------------------------------------------
-def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """RGB ``[..., 3]`` (uint8 or float, 0–255 scale) → Reinhard lαβ ``float64 [..., 3]``.
-
-    LMS is clamped at :data:`LMS_EPS` before ``log10`` (guards black pixels).
-    """
-    rgb = np.asarray(rgb, dtype=np.float64)
-    if rgb.shape[-1:] != (3,):
-        raise ValueError(f"rgb_to_lab: expected [..., 3], got shape {rgb.shape}")
-    lms = rgb @ _RGB2LMS.T
-    np.maximum(lms, LMS_EPS, out=lms)
-    return np.log10(lms) @ _LOGLMS2LAB.T
-
-
-def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """Reinhard lαβ ``[..., 3]`` → RGB ``float64 [..., 3]`` clipped to [0, 255] (not rounded)."""
-    lab = np.asarray(lab, dtype=np.float64)
-    if lab.shape[-1:] != (3,):
-        raise ValueError(f"lab_to_rgb: expected [..., 3], got shape {lab.shape}")
-    lms = np.power(10.0, lab @ _LAB2LOGLMS.T)
-    rgb = lms @ _LMS2RGB.T
-    return np.clip(rgb, 0.0, 255.0, out=rgb)
-
-
-def _lab32(pixels: np.ndarray) -> np.ndarray:
-    """Reinhard lαβ of RGB pixels as float32 ``(n, 1, 3)`` (the fast path of the stage; ≤ 1e-5 from float64).
-
-    ``cv2.transform`` for the 3×3 products: NumPy's matmul hands ``(n, 3) @ (3, 3)`` to a threaded
-    BLAS whose spinning threads cost 20–50× the arithmetic on a loaded machine (profiled)."""
-    x = np.asarray(pixels).reshape(-1, 1, 3).astype(np.float32)
-    lms = cv2.transform(x, _RGB2LMS_32)
-    np.maximum(lms, np.float32(LMS_EPS), out=lms)
-    cv2.log(lms, lms)
-    return cv2.transform(lms, _LNLMS2LAB_32)
-
-
-def lab_stats(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel lαβ ``(mean[3], std[3])`` (population std) of RGB pixels ``[n, 3]`` (n ≥ 1).
-
-    Converted in float32 (the transcendental part dominated the stage in float64), accumulated in
-    float64: within ~1e-5 of the float64 :func:`rgb_to_lab` statistics."""
-    pixels = np.asarray(pixels).reshape(-1, 3)
-    if pixels.shape[0] == 0:
-        raise ValueError("lab_stats: no pixels")
-    mean, std = cv2.meanStdDev(_lab32(pixels))  # float64 accumulation, population std
-    return mean.reshape(3), std.reshape(3)
-
-
 def color_transfer(
     src_rgb: np.ndarray,
     target_stats: tuple[Sequence[float], Sequence[float]],
@@ -197,20 +143,26 @@ def color_transfer(
     its segment's statistics). Channels with ``σs ≤ SIGMA_EPS`` are shifted only. Returns ``uint8``
     of the input's shape, clipped and rounded (``np.rint``). Identity (±1 per channel) when the
     target statistics equal the source statistics.
-
-    Vectorised: lαβ is linear in ln LMS, so the per-channel transfer is one 3×3 affine map in
-    ln-LMS space (``A = Mᵀ·diag(r)·M⁻ᵀ``); a pixel costs two small matrix products, one log and one
-    exp, in float32.
     """
     src = np.asarray(src_rgb)
     if src.shape[-1:] != (3,):
         raise ValueError(f"color_transfer: expected [..., 3], got shape {src.shape}")
     if src.size == 0:
         return np.zeros(src.shape, dtype=np.uint8)
+    return _transfer_ln(ln_lms(src), src.shape, target_stats, source_stats)
+
+
+def _transfer_ln(ln: np.ndarray, shape: tuple[int, ...], target_stats, source_stats) -> np.ndarray:
+    """:func:`color_transfer` of pixels already in ln-LMS (:func:`ln_lms`, ``[n, 1, 3]`` float32).
+
+    Vectorised: lαβ is linear in ln LMS, so the per-channel transfer is one 3×3 affine map in
+    ln-LMS space (``A = Mᵀ·diag(r)·M⁻ᵀ``); a pixel then costs one small product, one exp and the
+    product back to RGB, in float32 (the ln-LMS half is shared: the stage converts each image once).
+    """
     mu_t = np.asarray(target_stats[0], dtype=np.float64).reshape(3)
     sd_t = np.asarray(target_stats[1], dtype=np.float64).reshape(3)
     if source_stats is None:
-        mu_s, sd_s = lab_stats(src)
+        mu_s, sd_s = lab_stats_ln(ln)
     else:
         mu_s = np.asarray(source_stats[0], dtype=np.float64).reshape(3)
         sd_s = np.asarray(source_stats[1], dtype=np.float64).reshape(3)
@@ -218,16 +170,13 @@ def color_transfer(
     # ln LMS' = (ln LMS · Lᵀ − μs)·r + μt, back through L⁻¹ (L = ln-LMS → lαβ).
     lin = _LNLMS2LAB.T @ np.diag(ratio) @ _LAB2LNLMS.T
     bias = (mu_t - mu_s * ratio) @ _LAB2LNLMS.T
-    shape = src.shape
-    lms = cv2.transform(src.reshape(-1, 1, 3).astype(np.float32), _RGB2LMS_32)
-    np.maximum(lms, np.float32(LMS_EPS), out=lms)
-    cv2.log(lms, lms)
-    ln = cv2.transform(lms, np.hstack([lin.T, bias[:, None]]).astype(np.float32))
-    cv2.exp(ln, ln)
-    rgb = cv2.transform(ln, _LMS2RGB_32)
-    np.clip(rgb, 0.0, 255.0, out=rgb)
-    np.rint(rgb, out=rgb)
-    return rgb.astype(np.uint8).reshape(shape)
+    out = cv2.transform(ln, np.hstack([lin.T, bias[:, None]]).astype(np.float32))
+    cv2.exp(out, out)
+    rgb = cv2.transform(out, _LMS2RGB_32)
+    # clip to [0, 255] and round half to even (np.rint's rule) in two passes: negatives to 0, then
+    # OpenCV's convertScaleAbs (|x| of non-negatives, saturate_cast: cvRound, saturating at 255).
+    np.maximum(rgb, np.float32(0.0), out=rgb)
+    return cv2.convertScaleAbs(rgb).reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,17 +272,22 @@ class ThinPlateSpline:
 
     @staticmethod
     def _kernel(r: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = r * r * np.log(r)
-        return np.where(r > 0, u, 0.0)
+        return ThinPlateSpline._kernel_sq(r * r)
+
+    @staticmethod
+    def _kernel_sq(r2: np.ndarray) -> np.ndarray:
+        """``U`` from squared distances: ``r² ln r = ½·r²·ln r²`` (no square root); U(0) = 0."""
+        return 0.5 * r2 * np.log(np.maximum(r2, 1e-300))
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         n = self.centres.shape[0]
         # Explicit sums over the ~10 centres: a matmul would go to the threaded BLAS (see _lab32).
         out = self.coef[n] + p[:, :1] * self.coef[n + 1] + p[:, 1:] * self.coef[n + 2]
+        x, y = p[:, 0], p[:, 1]
         for (cx, cy), w in zip(self.centres, self.coef[:n]):
-            u = self._kernel(np.hypot(p[:, 0] - cx, p[:, 1] - cy))
+            dx, dy = x - cx, y - cy
+            u = self._kernel_sq(dx * dx + dy * dy)
             out += u[:, None] * w
         return out
 
@@ -371,27 +325,40 @@ def _eval_points(tform, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return coords.reshape(len(ys), len(xs), 2)
 
 
-def _dense_map(tform, h: int, w: int, step: int = TPS_GRID_STEP) -> tuple[np.ndarray, np.ndarray]:
-    """Dense backward map (map_x, map_y), float32 ``h×w``, of a crop.
+def tps_grid_step(h: int, w: int) -> int:
+    """Spline node spacing of an ``h×w`` crop: :data:`TPS_GRID_STEP` below :data:`TPS_COARSE_SIDE`,
+    doubled each time the shorter side doubles beyond it, at most :data:`TPS_MAX_STEP`.
+
+    The shifts grow with √area and spread over a length ∝ √area, so the warp's curvature falls as
+    1/side and the interpolation error (∝ step² · curvature) grows only ∝ step when the step grows
+    with the side: measured worst case 0.3 px at step 4, 0.5 px at 8, 1.1 px at 16 (shorter side 512;
+    half that at 1024), against shifts of up to 0.4·0.22·√area px (~50–90 px there). Large crops (Cityscapes'
+    road, sky, buildings) then cost a few thousand spline nodes instead of tens of thousands."""
+    step, side = TPS_GRID_STEP, min(h, w)
+    while step < TPS_MAX_STEP and side >= TPS_COARSE_SIDE * (step // TPS_GRID_STEP):
+        step *= 2
+    return step
+
+
+def _dense_map(tform, h: int, w: int, step: int = TPS_GRID_STEP) -> np.ndarray:
+    """Dense backward map, float32 ``h×w×2`` (x, y), of a crop (the layout ``cv2.remap`` takes as one map).
 
     The spline is smooth at the scale of a few pixels, so it is evaluated exactly on nodes every
     ``step`` pixels (0, step, 2·step, … up to the first node at or past the last row/column) and
-    interpolated bilinearly in between by ``cv2.remap`` of the node grid at positions ``x/step``
-    (``step`` a power of two, so the positions are exact in remap's 1/32-pixel fixed point): exact
-    at the nodes and for affine maps (identity included), within ~0.3 px elsewhere for the warps of
-    shape_distort, and ~step² times cheaper than evaluating every pixel.
+    interpolated bilinearly in between — ``cv2.warpAffine`` of the node grid by ``1/step`` (``step``
+    a power of two, so the positions are exact in OpenCV's 1/32-pixel fixed point; it equals a
+    ``cv2.remap`` at positions ``x/step`` without building them): exact at the nodes and for affine
+    maps (identity included), within ~0.3 px elsewhere for the warps of shape_distort, and ~step²
+    times cheaper than evaluating every pixel.
     """
     if h < 2 * step or w < 2 * step:
-        full = _eval_points(tform, np.arange(w), np.arange(h)).astype(np.float32)
-        return full[..., 0], full[..., 1]
+        return _eval_points(tform, np.arange(w), np.arange(h)).astype(np.float32)
     nx = -(-(w - 1) // step) + 1
     ny = -(-(h - 1) // step) + 1
     nodes = _eval_points(tform, np.arange(nx) * step, np.arange(ny) * step).astype(np.float32)
-    pos = np.empty((h, w, 2), np.float32)
-    pos[..., 0] = np.arange(w, dtype=np.float32) / step
-    pos[..., 1] = (np.arange(h, dtype=np.float32) / step)[:, None]
-    full = cv2.remap(nodes, pos, None, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return full[..., 0], full[..., 1]
+    scale = np.array([[1.0 / step, 0.0, 0.0], [0.0, 1.0 / step, 0.0]])
+    return cv2.warpAffine(nodes, scale, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def tps_warp(
@@ -409,10 +376,10 @@ def tps_warp(
     if tform is None:
         raise ValueError("tps_warp: thin-plate spline estimation failed")
     h, w = mask.shape
-    map_x, map_y = _dense_map(tform, h, w, 2 * TPS_GRID_STEP if min(h, w) >= TPS_COARSE_SIDE else TPS_GRID_STEP)
-    out_rgb = cv2.remap(np.ascontiguousarray(rgb), map_x, map_y, interpolation=cv2.INTER_LINEAR,
+    xy = _dense_map(tform, h, w, tps_grid_step(h, w))
+    out_rgb = cv2.remap(rgb, xy, None, interpolation=cv2.INTER_LINEAR,  # (a crop view is fine: rows contiguous)
                         borderMode=cv2.BORDER_REPLICATE)
-    out_mask = cv2.remap(mask.view(np.uint8), map_x, map_y, interpolation=cv2.INTER_NEAREST,
+    out_mask = cv2.remap(mask.view(np.uint8), xy, None, interpolation=cv2.INTER_NEAREST,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
     return out_rgb, out_mask
 
@@ -561,6 +528,81 @@ def distort_image(
     ``{target_id, mean, std}`` or ``{skipped: "no_target"}``; shape: :func:`shape_distort`'s info;
     resolution ``{scale}``. Records are JSON-serialisable.
     """
+    (out, valid, records), = distort_variants(
+        image, segments, color_targets, [rng], probs, kinds, scale_range=scale_range, paste_rules=paste_rules,
+        shape_kwargs=shape_kwargs, paste=paste, canvas=canvas)
+    return out, valid, records
+
+
+@dataclass
+class _Prepared:
+    """What every variant of one image shares (computed once: validation, the paint zones, the paste
+    order, and lazily each segment's source lαβ statistics)."""
+
+    box: tuple[int, int, int, int]
+    mask: np.ndarray  # the original mask crop
+    class_id: int
+    is_thing: bool
+    area: int
+    pasted: bool
+    zone: np.ndarray | None  # where its distorted mask may paint (paste rules); None when not pasted
+    stats: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _prepare(image: np.ndarray, segments: Sequence[tuple], paste: Sequence[bool] | None,
+             paste_rules: str) -> list[_Prepared]:
+    img_h, img_w = image.shape[:2]
+    union = np.zeros((img_h, img_w), dtype=bool)
+    things = np.zeros((img_h, img_w), dtype=bool)
+    prepared: list[_Prepared] = []
+    for index, seg in enumerate(segments):
+        if len(seg) not in (3, 4):
+            raise ValueError(f"distort_image: segment {index} must be (box, mask, class_id[, is_thing])")
+        box, mask_crop, class_id = seg[0], np.asarray(seg[1], dtype=bool), int(seg[2])
+        is_thing = bool(seg[3]) if len(seg) == 4 else False
+        y0, x0, y1, x1 = (int(v) for v in box)
+        if not (0 <= y0 < y1 <= img_h and 0 <= x0 < x1 <= img_w):
+            raise ValueError(f"distort_image: segment {index} box {box} outside image {img_h}×{img_w}")
+        if mask_crop.shape != (y1 - y0, x1 - x0):
+            raise ValueError(
+                f"distort_image: segment {index} mask {mask_crop.shape} != box size {(y1 - y0, x1 - x0)}"
+            )
+        union[y0:y1, x0:x1] |= mask_crop
+        if is_thing:
+            things[y0:y1, x0:x1] |= mask_crop
+        pasted = True if paste is None else bool(paste[index])
+        prepared.append(_Prepared((y0, x0, y1, x1), mask_crop, class_id, is_thing, int(mask_crop.sum()), pasted, None))
+    for seg in prepared:  # zones need the whole union and thing map
+        if not seg.pasted:
+            continue
+        y0, x0, y1, x1 = seg.box
+        u = union[y0:y1, x0:x1]
+        if paste_rules == "a1":
+            seg.zone = (seg.mask | (u & ~things[y0:y1, x0:x1])) if seg.is_thing else seg.mask
+        else:
+            seg.zone = u
+    return prepared
+
+
+def distort_variants(
+    image: np.ndarray,
+    segments: Sequence[tuple],
+    color_targets: Callable[[int, int, np.random.Generator], tuple | None] | Sequence[tuple | None] | None,
+    rngs: Sequence[np.random.Generator],
+    probs: Mapping[str, float] | None = None,
+    kinds: Sequence[str] = KINDS,
+    *,
+    scale_range: tuple[float, float] = (0.5, 1.0),
+    paste_rules: str = "a1",
+    shape_kwargs: Mapping[str, Any] | None = None,
+    paste: Sequence[bool] | None = None,
+    canvas: str = "black",
+) -> list[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]:
+    """:func:`distort_image` once per generator in ``rngs`` → one ``(image, valid, records)`` each.
+
+    Variant ``v`` equals ``distort_image(..., rngs[v], ...)`` exactly; what the variants share (the
+    segments' validation, paint zones and paste order, each segment's source colour statistics) is
+    computed once — the stage's K variants of an image cost less than K calls."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"distort_image: image must be H×W×3 uint8, got {image.shape} {image.dtype}")
@@ -585,62 +627,63 @@ def distort_image(
     if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(f"distort_image: scale_range must satisfy 0 < lo <= hi <= 1, got {scale_range}")
     shape_kwargs = dict(shape_kwargs or {})
+    prepared = _prepare(image, segments, paste, paste_rules)
+    # Paste order: stuff first, then things, each group larger (original area) first, ties by input order.
+    order = sorted((i for i, seg in enumerate(prepared) if seg.pasted),
+                   key=lambda i: (prepared[i].is_thing, -prepared[i].area, i))
+    # ln LMS of the whole image once (per pixel, so each crop's values are exact): the first half of
+    # every colour transfer and source statistic of every variant.
+    colour = color_targets is not None and "color" in kinds and p["color"] > 0 and bool(order)
+    ln_image = ln_lms(image).reshape(image.shape) if colour else None
+    return [_one_variant(image, ln_image, prepared, order, color_targets, rng, p, kinds, (lo, hi), shape_kwargs,
+                         canvas) for rng in rngs]
 
+
+def _one_variant(image: np.ndarray, ln_image: np.ndarray | None, prepared: list[_Prepared], order: list[int],
+                 color_targets: Any,
+                 rng: np.random.Generator, p: Mapping[str, float], kinds: Sequence[str],
+                 scale_range: tuple[float, float], shape_kwargs: dict[str, Any],
+                 canvas: str) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    lo, hi = scale_range
     img_h, img_w = image.shape[:2]
-    union = np.zeros((img_h, img_w), dtype=bool)
-    things = np.zeros((img_h, img_w), dtype=bool)
-    results = []  # (box, orig_mask, rgb, mask, is_thing, area, index)
+    crops: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # index -> distorted (rgb, mask)
     records: list[dict[str, Any]] = []
-
-    for index, seg in enumerate(segments):
-        if len(seg) not in (3, 4):
-            raise ValueError(f"distort_image: segment {index} must be (box, mask, class_id[, is_thing])")
-        box, mask_crop, class_id = seg[0], np.asarray(seg[1], dtype=bool), int(seg[2])
-        is_thing = bool(seg[3]) if len(seg) == 4 else False
-        y0, x0, y1, x1 = (int(v) for v in box)
-        if not (0 <= y0 < y1 <= img_h and 0 <= x0 < x1 <= img_w):
-            raise ValueError(f"distort_image: segment {index} box {box} outside image {img_h}×{img_w}")
-        if mask_crop.shape != (y1 - y0, x1 - x0):
-            raise ValueError(
-                f"distort_image: segment {index} mask {mask_crop.shape} != box size {(y1 - y0, x1 - x0)}"
-            )
-
+    for index, seg in enumerate(prepared):
         # Fixed block of draws per segment, whatever fires.
         gates = rng.random(3)
         seeds = rng.integers(0, 2**63 - 1, size=3, dtype=np.int64)
-        pasted = True if paste is None else bool(paste[index])
-        area = int(mask_crop.sum())
+        y0, x0, y1, x1 = seg.box
         record: dict[str, Any] = {
             "segment": index,
-            "class_id": class_id,
-            "is_thing": is_thing,
+            "class_id": seg.class_id,
+            "is_thing": seg.is_thing,
             "box": [y0, x0, y1, x1],
-            "area": area,
-            "pasted": pasted,
+            "area": seg.area,
+            "pasted": seg.pasted,
             "paste_rank": None,
             "applied": [],
             "color": None,
             "shape": None,
             "resolution": None,
         }
-        union[y0:y1, x0:x1] |= mask_crop
-        if is_thing:
-            things[y0:y1, x0:x1] |= mask_crop
         records.append(record)
-        if not pasted:
+        if not seg.pasted:
             continue
         fires = {kind: (kind in kinds) and bool(gates[i] < p[kind]) for i, kind in enumerate(KINDS)}
         child = {kind: np.random.default_rng(int(seeds[i])) for i, kind in enumerate(KINDS)}
-        rgb = image[y0:y1, x0:x1].copy()
-        mask = mask_crop.copy()
+        rgb = image[y0:y1, x0:x1]
+        mask = seg.mask
 
         if fires["color"]:
-            target = _resolve_color_target(color_targets, index, class_id, child["color"])
-            if target is None or area == 0:
+            target = _resolve_color_target(color_targets, index, seg.class_id, child["color"])
+            if target is None or seg.area == 0:
                 record["color"] = {"skipped": "no_target" if target is None else "empty_mask"}
             else:
                 mean, std, target_id = target
-                rgb = color_transfer(rgb, (mean, std), source_stats=lab_stats(rgb[mask]))
+                ln = ln_image[y0:y1, x0:x1]
+                if seg.stats is None:  # the original crop's statistics: the same in every variant
+                    seg.stats = lab_stats_ln(ln[mask].reshape(-1, 1, 3))
+                rgb = _transfer_ln(ln, rgb.shape, (mean, std), seg.stats)
                 record["color"] = {"target_id": target_id, "mean": mean.tolist(), "std": std.tolist()}
                 record["applied"].append("color")
 
@@ -655,26 +698,25 @@ def distort_image(
             rgb, mask = resolution_distort(rgb, mask, scale)
             record["resolution"] = {"scale": scale}
             record["applied"].append("resolution")
-
-        results.append(((y0, x0, y1, x1), mask_crop, rgb, mask, is_thing, area, index))
+        crops[index] = (rgb, mask)
 
     if canvas == "real":
         out = image.copy()
         valid = np.ones((img_h, img_w), dtype=bool)
-        for (y0, x0, y1, x1), orig, *_ in results:  # the pasted segments' own pixels start black
-            out[y0:y1, x0:x1][orig] = 0
-            valid[y0:y1, x0:x1][orig] = False
+        for index in order:  # the pasted segments' own pixels start black
+            y0, x0, y1, x1 = prepared[index].box
+            out[y0:y1, x0:x1][prepared[index].mask] = 0
+            valid[y0:y1, x0:x1][prepared[index].mask] = False
     else:
         out = np.zeros_like(image)
         valid = np.zeros((img_h, img_w), dtype=bool)
-    order = sorted(results, key=lambda r: (r[4], -r[5], r[6]))
-    for rank, ((y0, x0, y1, x1), orig, rgb, mask, is_thing, _area, index) in enumerate(order):
-        u = union[y0:y1, x0:x1]
-        if paste_rules == "a1":
-            allowed = mask & ((orig | (u & ~things[y0:y1, x0:x1])) if is_thing else orig)
-        else:
-            allowed = mask & u
-        np.copyto(out[y0:y1, x0:x1], rgb, where=allowed[..., None])  # (faster than boolean indexing)
+    for rank, index in enumerate(order):
+        seg = prepared[index]
+        y0, x0, y1, x1 = seg.box
+        rgb, mask = crops[index]
+        allowed = mask & seg.zone
+        # Masked copy in place (out's crop is a view): OpenCV's is ~40× np.copyto(where=) here.
+        cv2.copyTo(np.ascontiguousarray(rgb), allowed.view(np.uint8), out[y0:y1, x0:x1])
         valid[y0:y1, x0:x1] |= allowed
         records[index]["paste_rank"] = rank
     return out, valid, records

@@ -54,12 +54,20 @@ def decompose(labels: np.ndarray, instances: np.ndarray | None, meta: ClassMeta,
     if instances is not None:
         is_thing_px = np.isin(labels, list(things)) & (instances != 0)
         if is_thing_px.any():
-            keys = labels[is_thing_px].astype(np.int64), instances[is_thing_px].astype(np.int64)
-            pairs = np.unique(np.stack(keys, axis=1), axis=0)  # (class, instance) sorted
+            cls_px, inst_px = labels[is_thing_px].astype(np.int64), instances[is_thing_px].astype(np.int64)
             ys, xs = np.nonzero(is_thing_px)
-            for cid, iid in pairs.tolist():
-                sel = (keys[0] == cid) & (keys[1] == iid)
-                area = int(sel.sum())
+            # Group the pixels by (class, instance), pairs in sorted order: one stable sort of a
+            # combined key instead of a pixel scan per pair (ids are shifted to be non-negative).
+            c0, i0 = int(cls_px.min()), int(inst_px.min())
+            span = int(inst_px.max()) - i0 + 1
+            key = (cls_px - c0) * span + (inst_px - i0)
+            order = np.argsort(key, kind="stable")
+            starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
+            bounds = np.r_[starts, key.size]
+            for g in range(starts.size):
+                sel = order[bounds[g]:bounds[g + 1]]
+                cid = int(cls_px[sel[0]])
+                area = int(sel.size)
                 if area < min_area:
                     continue
                 yy, xx = ys[sel], xs[sel]
