@@ -47,10 +47,17 @@ class CompressedArray:
     shape: tuple[int, ...]
     dtype: str
     chunks: list[bytes]
+    whole_chunk: bool = False  # one chunk of the whole shape (else one per leading index)
 
     @classmethod
     def of(cls, arr: np.ndarray) -> "CompressedArray":
+        """One chunk per leading index (``[K, H, W, …]`` variants: a reader takes one variant)."""
         return cls(tuple(arr.shape), arr.dtype.str, [deflate(np.ascontiguousarray(a).data) for a in arr])
+
+    @classmethod
+    def whole(cls, arr: np.ndarray) -> "CompressedArray":
+        """The whole array as one chunk (an image that readers always read whole)."""
+        return cls(tuple(arr.shape), arr.dtype.str, [deflate(np.ascontiguousarray(arr).data)], True)
 
     @property
     def nbytes(self) -> int:
@@ -58,8 +65,12 @@ class CompressedArray:
 
     def write(self, f: h5py.File, key: str) -> h5py.Dataset:
         """Create ``key`` (gzip, one chunk per leading index, no timestamps) and copy the chunks in."""
-        ds = f.create_dataset(key, shape=self.shape, dtype=np.dtype(self.dtype), chunks=(1, *self.shape[1:]),
+        chunks = self.shape if self.whole_chunk else (1, *self.shape[1:])
+        ds = f.create_dataset(key, shape=self.shape, dtype=np.dtype(self.dtype), chunks=chunks,
                               compression="gzip", compression_opts=LEVEL, track_times=False)
+        if self.whole_chunk:
+            ds.id.write_direct_chunk((0,) * len(self.shape), self.chunks[0])
+            return ds
         zero = (0,) * (len(self.shape) - 1)
         for i, c in enumerate(self.chunks):
             ds.id.write_direct_chunk((i, *zero), c)
