@@ -11,6 +11,7 @@ Every problem is a :class:`pipeline.errors.ConfigError` naming the config file.
 Built-in configs (see each file's header for the paper values they carry):
 
 * ``demo`` — the camvid_demo run of ``make demo``: trains in minutes on 2 CPU cores.
+* ``camvid96`` — the README's small-scale Table 3 on full CamVid at 96×128 (the demo model).
 * ``cityscapes``, ``ade20k``, ``ade20k-outdoor``, ``coco-stuff`` — the paper's settings (method.md §6)
   with the released ``settings.sh`` global batch sizes (3, 8, 2, 3) and 100 + 100 epochs; they refuse
   to start without VGG19 weights (``loss.vgg_required``).
@@ -35,7 +36,7 @@ from resail_train.guidance_modes import MODE_NAMES as GUIDANCE_MODE_NAMES
 from resail_train.norms import norm_names
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CONFIG_NAMES = ("demo", "cityscapes", "ade20k", "ade20k-outdoor", "coco-stuff")
+CONFIG_NAMES = ("demo", "cityscapes", "ade20k", "ade20k-outdoor", "coco-stuff", "camvid96")
 
 VGG_HELP = ("the VGG19 perceptual loss needs ImageNet VGG19 weights: a torchvision-format state dict "
             "(keys features.N.weight/bias), e.g. torchvision's vgg19-dcbb9e9d.pth from "
