@@ -49,7 +49,7 @@ ablation-demo: install
 	@dvc queue status
 	@! dvc queue status | grep -qE ' Failed *$$' || { echo "error: an experiment failed (dvc queue logs NAME)"; exit 1; }
 	resail compare --exps --no-baseline --out $(ABLATION_OUT)
-	dvc exp show --only-changed --drop 'Created|State|Executor|^data/|^datasets_cache/|^pipeline/|^resail_train/|^runs/' --md
+	dvc exp show --only-changed --drop 'Created|State|Executor|^data/|^datasets_cache/|^pipeline/|^resail_train/|^runs/|^train\.[GD]_|^lr\.|^perf\.|^epoch$$' --md
 	@echo "Comparison page: $(CURDIR)/$(ABLATION_OUT)/index.html"
 
 test: install

@@ -15,13 +15,12 @@ from tests.test_dvc_pipeline import repo_copy, set_params, sh  # noqa: F401 (fix
 
 import os
 
-# About 8 minutes on 2 cores (a queued two-experiment grid plus a Table-B re-run through dvc), and the
-# `resail compare --exps` metrics read it checks is known broken (cache: false outputs are not in the
-# experiment commits): opt-in until fixed, so the default suite stays inside its budget.
+# About 8 minutes on 2 cores (a queued two-experiment grid plus a Table-B re-run through dvc): opt-in,
+# so the default suite stays inside its budget.
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("RESAIL_ABLATION_TEST") != "1",
                                  reason="opt-in (RESAIL_ABLATION_TEST=1): ~8 min end-to-end dvc exp queue run; "
-                                        "compare --exps metrics read is a known open defect (issue 15)")]
+                                        "run it after changing dvc.yaml or the experiment commands")]
 
 
 def shrink_demo_data(repo, n_train: int = 8, n_val: int = 2) -> None:
