@@ -337,20 +337,19 @@ def build_color_targets(db: SegmentDB, mode: str = "auto", *, db_split: str | No
         if pool is not None:
             wanted[pool] = True
     ids = np.flatnonzero(in_db & wanted)
+    stats = np.full((n, 6), np.nan)
     stored = db.lab_stats()  # written by decompose: no crop to decode
     if stored is not None:
-        stats = np.full((n, 6), np.nan)
         stats[ids] = stored[ids]
-        return ColorTargets("retrieval" if use_retrieval else "class", stats, pools, offsets, candidates)
-    stats = np.full((n, 6), np.nan)
-    runs = _runs(ids, db.col("box_area").astype(np.int64), _STATS_CHUNK_PIXELS)
-    res = ordered_map(_stats_chunk, runs, jobs=jobs, backend=backend, scheduler=scheduler, desc="colour stats",
-                      unit="chunk", progress=progress, cache_dir=str(db.cache_dir))
-    try:
-        for (a, b), part in zip(runs, res):
-            stats[a:b] = part
-    finally:
-        res.close()
+    else:  # a database written before /lab_stats existed
+        runs = _runs(ids, db.col("box_area").astype(np.int64), _STATS_CHUNK_PIXELS)
+        res = ordered_map(_stats_chunk, runs, jobs=jobs, backend=backend, scheduler=scheduler,
+                          desc="colour stats", unit="chunk", progress=progress, cache_dir=str(db.cache_dir))
+        try:
+            for (a, b), part in zip(runs, res):
+                stats[a:b] = part
+        finally:
+            res.close()
     return ColorTargets("retrieval" if use_retrieval else "class", stats, pools, offsets, candidates)
 
 

@@ -282,7 +282,7 @@ class ThinPlateSpline:
     def __call__(self, points: np.ndarray) -> np.ndarray:
         p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         n = self.centres.shape[0]
-        # Explicit sums over the ~10 centres: a matmul would go to the threaded BLAS (see _lab32).
+        # Explicit sums over the ~10 centres: a matmul would go to the threaded BLAS (see lab_colour.ln_lms).
         out = self.coef[n] + p[:, :1] * self.coef[n + 1] + p[:, 1:] * self.coef[n + 2]
         x, y = p[:, 0], p[:, 1]
         for (cx, cy), w in zip(self.centres, self.coef[:n]):

@@ -63,14 +63,6 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0.0, 255.0, out=rgb)
 
 
-def _lab32(pixels: np.ndarray) -> np.ndarray:
-    """Reinhard lαβ of RGB pixels as float32 ``(n, 1, 3)`` (the fast path of the stage; ≤ 1e-5 from float64).
-
-    ``cv2.transform`` for the 3×3 products: NumPy's matmul hands ``(n, 3) @ (3, 3)`` to a threaded
-    BLAS whose spinning threads cost 20–50× the arithmetic on a loaded machine (profiled)."""
-    return cv2.transform(ln_lms(pixels), _LNLMS2LAB_32)
-
-
 def lab_stats(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel lαβ ``(mean[3], std[3])`` (population std) of RGB pixels ``[n, 3]`` (n ≥ 1).
 
@@ -88,14 +80,14 @@ def lab_stats_ln(ln: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.reshape(3), std.reshape(3)
 
 
-
-
 def ln_lms(rgb: np.ndarray) -> np.ndarray:
     """``ln(max(LMS, LMS_EPS))`` of RGB ``[..., 3]`` (uint8) as float32 ``[n, 1, 3]`` (row-major pixels).
 
     The first half of both the colour statistics and the colour transfer; per pixel, so converting a
     whole image once gives each crop's values exactly (``pipeline.distortions`` does that once per
-    image instead of once per segment and variant)."""
+    image instead of once per segment and variant). ``cv2.transform`` for the 3×3 products: NumPy's
+    matmul hands ``(n, 3) @ (3, 3)`` to a threaded BLAS whose spinning threads cost 20–50× the
+    arithmetic on a loaded machine (profiled)."""
     x = np.asarray(rgb).reshape(-1, 1, 3).astype(np.float32)
     lms = cv2.transform(x, _RGB2LMS_32)
     np.maximum(lms, np.float32(LMS_EPS), out=lms)

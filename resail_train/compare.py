@@ -175,8 +175,9 @@ class ExpEntry:
     rev: str
     params: dict[str, Any]
     baseline: bool
-    # metrics files as `dvc exp show --json` reports them ({path: values}): `cache: false` outputs
-    # such as metrics.json are not committed into experiment refs, so the files may be unreadable there
+    # metrics files as `dvc exp show --json` reports them ({path: values}): in experiments made while
+    # dvc.yaml still had `cache: false` outputs, metrics.json was in neither the experiment commit nor
+    # the DVC cache, so the file may be unreadable at that revision (dvc.yaml now caches every output)
     metrics: dict[str, dict] = field(default_factory=dict)
 
 

@@ -11,23 +11,10 @@ from pipeline import cache
 from pipeline import distorted_gt as G
 from pipeline import distortions as D
 from pipeline.cache import SegmentDB
-from pipeline.datasets import open_dataset
-from pipeline.decomposition import DecomposeParams, build_segment_db
 from pipeline.deflate import DEFLATE_IMPL, CompressedArray
 from pipeline.distorted_gt import DistortParams, build_color_targets, build_distortions
-from pipeline.retrieval_db import run_retrieval
-from tests.conftest import make_toy_dataset
+from tests.test_distort_stage import toy_cache  # noqa: F401 (the decomposed toy dataset, retrieval included)
 from tests.test_distortions import _stats_scene
-
-
-@pytest.fixture(scope="module")
-def toy_cache(tmp_path_factory):
-    base = tmp_path_factory.mktemp("distort_speed")
-    root = make_toy_dataset(base / "toy", n_train=5, n_val=1, seed=11)
-    build_segment_db(open_dataset("folder", root), base / "cache", params=DecomposeParams(min_area=4, mask_size=32),
-                     progress=False)
-    run_retrieval(base / "cache", progress=False)
-    return base / "cache"
 
 
 def test_tps_grid_step_schedule():
@@ -89,7 +76,7 @@ def test_transfer_from_the_whole_image_ln_lms_equals_the_crop_path():
     assert np.array_equal(D.cv2.convertScaleAbs(x), ref)
 
 
-def test_masks_from_labels_equal_the_stored_crops_and_fall_back(toy_cache, monkeypatch, tmp_path):
+def test_masks_from_labels_equal_the_stored_crops_and_fall_back(toy_cache, monkeypatch, tmp_path):  # noqa: F811
     with SegmentDB.open(toy_cache) as db:
         adapter = db.open_adapter()
         rows = db.image_rows("train")
@@ -115,7 +102,7 @@ def test_masks_from_labels_equal_the_stored_crops_and_fall_back(toy_cache, monke
         assert (fast / name).read_bytes() == (slow / name).read_bytes()
 
 
-def test_stored_lab_stats_and_a_database_without_them(toy_cache, tmp_path):
+def test_stored_lab_stats_and_a_database_without_them(toy_cache, tmp_path):  # noqa: F811
     old = tmp_path / "old"
     shutil.copytree(toy_cache, old)
     with h5py.File(old / cache.SEGMENTS_H5, "a") as f:
