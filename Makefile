@@ -6,7 +6,7 @@ PYTHON ?= python3
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo test bench clean ablation-demo
+.PHONY: install demo test bench clean ablation-demo studio
 
 # torch is installed first, and only when .venv has none: setup.cfg says torch>=2.1, so a CUDA build
 # you put into .venv yourself is kept. TORCH picks another pin (e.g. make install TORCH=torch==2.5.1).
@@ -33,7 +33,7 @@ demo: install
 	@echo "Training run:  $$(python -c 'import yaml;print(yaml.safe_load(open("params.yaml"))["train"]["run_dir"])')/"
 	@echo "Report:        $(CURDIR)/$$(python -c 'import yaml;print(yaml.safe_load(open("params.yaml"))["train"]["run_dir"])')/report/index.html"
 
-# Table 3 in miniature as DVC experiments (README "Experiments"): the demo pipeline once (cached stages
+# Table 3 in miniature as DVC experiments (docs/experiments.md): the demo pipeline once (cached stages
 # are skipped), then RESAIL vs SPADE queued with a short training, run ABLATION_JOBS at a time, and one
 # comparison page. About 5 min on 2 CPU cores after `make demo`.
 ABLATION_STEPS ?= 60
@@ -54,6 +54,19 @@ ablation-demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The shipped pretrained CamVid model (models/camvid_small, docs/pretrained.md) in the studio: its retrieval
+# database is rebuilt from the repository's demo frames at the model's 96x128 (about 20 s, once).
+SHIPPED := models/camvid_small
+SHIPPED_DB := $(SHIPPED)/db
+STUDIO_PORT ?= 8765
+
+$(SHIPPED_DB)/retrieval.parquet: data/camvid_demo/classes.json | install
+	resail decompose --format folder --data-root data/camvid_demo --splits train --resize 96x128 --out $(SHIPPED_DB) --no-progress
+	resail retrieve --cache $(SHIPPED_DB) --no-progress
+
+studio: install $(SHIPPED_DB)/retrieval.parquet
+	resail studio --run $(SHIPPED) --cache $(SHIPPED_DB) --port $(STUDIO_PORT)
 
 bench: install
 	resail bench decompose

@@ -1,19 +1,22 @@
-"""How much of the retrieval guidance stays black, per pruning mode and ``max_score`` (issue 10 item 3).
+"""How much of the retrieval guidance stays black, per pruning mode and ``max_score``.
+
+The numbers behind the choice of ``decompose.pruning`` and ``retrieve.max_score``: every black pixel of
+the guidance is a pixel where the generator gets no retrieved appearance to follow.
 
 A segment is black in the guidance when it has no retrieval rows: it was pruned per image
 (``decompose.pruning: image``, no query) or no candidate of its class is admissible (``D >
-max_score``, or the class has no candidate outside the query's own image). Pixel shares come from
+max_score``, or the class has no candidate but the query itself — or, with ``retrieve.exclude:
+image``, none outside the query's own image). Pixel shares come from
 the real composition (``guidance.h5`` ``valid`` maps, all four paste rules), so void pixels and
 segments below ``min_area`` count as black too; the last columns count only labelled (non-void)
 pixels.
 
-Run: ``python -m benchmarks.black_share --format folder --data-root data/camvid_demo``.
+Run: ``resail black-share --format folder --data-root data/camvid_demo`` (stages/black_share.py).
 Every (pruning, max_score) pair decomposes (once per pruning), retrieves and composes in a
 temporary folder; nothing is written elsewhere.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 import time
@@ -23,11 +26,11 @@ import numpy as np
 
 from pipeline.cache import SegmentDB
 from pipeline.datasets import open_dataset
-from pipeline.decomposition import DecomposeParams, build_segment_db
-from pipeline.guidance import compose_dataset, read_guidance
-from pipeline.retrieval import RetrievalParams
-from pipeline.retrieval_db import run_retrieval
-from pipeline.segments import PRUNING_MODES
+from pipeline.decompose.build import DecomposeParams, build_segment_db
+from pipeline.compose.build import compose_dataset, read_guidance
+from pipeline.retrieve.retrieval import RetrievalParams
+from pipeline.retrieve.build import run_retrieval
+from pipeline.decompose.segments import PRUNING_MODES
 
 SPLITS = ("train", "val")
 
@@ -40,10 +43,12 @@ def _labelled_pixels(cache_dir: Path) -> dict[tuple[str, str], int]:
         return {(r.split, r.image_id): int((adapter.load(r).labels != ignore).sum()) for r in db.sample_refs(adapter)}
 
 
-def measure(cache_dir: Path, labelled: dict[tuple[str, str], int], max_score: float | None, jobs: int) -> dict:
-    """Black shares of one cache after retrieval with ``max_score`` and composition."""
+def measure(cache_dir: Path, labelled: dict[tuple[str, str], int], max_score: float | None, jobs: int,
+            exclude: str = "self") -> dict:
+    """Black shares of one cache after retrieval with ``max_score`` (``exclude``: ``retrieve.exclude``)
+    and composition."""
     params = RetrievalParams(k=10, max_score=math.inf if max_score is None else float(max_score))
-    run_retrieval(cache_dir, params, device="cpu", progress=False)
+    run_retrieval(cache_dir, params, device="cpu", progress=False, exclude=exclude)
     compose_dataset(cache_dir, jobs=jobs, progress=False)
     import pyarrow.parquet as pq
 
@@ -99,17 +104,6 @@ def run_black_share(fmt: str, data_root: str | Path, *, max_scores=(None, 0.58, 
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--format", default="folder")
-    ap.add_argument("--data-root", required=True)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--max-scores", default="null,0.58,0.15", help="comma list; null = no threshold")
-    ap.add_argument("--prunings", default=",".join(PRUNING_MODES), help="comma list of decompose.pruning modes")
-    a = ap.parse_args(argv)
-    ms = tuple(None if s.strip() in ("null", "none", "") else float(s) for s in a.max_scores.split(","))
-    run_black_share(a.format, a.data_root, max_scores=ms, prunings=tuple(a.prunings.split(",")), jobs=a.jobs)
-
-
-if __name__ == "__main__":
-    main()
+def parse_max_scores(text: str) -> tuple[float | None, ...]:
+    """``"null,0.58,0.15"`` → ``(None, 0.58, 0.15)``; ``null``, ``none`` or an empty item = no threshold."""
+    return tuple(None if s.strip() in ("null", "none", "") else float(s) for s in text.split(","))

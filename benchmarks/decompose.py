@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmarks.common import decode_seconds
 from pipeline.datasets import open_dataset
-from pipeline.decomposition import DecomposeParams, build_segment_db, collect_refs
+from pipeline.decompose.build import DecomposeParams, build_segment_db, collect_refs
 
 
 def run_decompose_bench(fmt: str, data_root: str | Path, jobs_list=(1, 2), repeat: int = 1) -> dict:

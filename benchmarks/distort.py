@@ -16,7 +16,7 @@ import numpy as np
 from benchmarks.common import decode_seconds
 from pipeline import cache
 from pipeline.cache import SegmentDB
-from pipeline.distorted_gt import DistortParams, build_distortions, matched_segments
+from pipeline.distort.build import DistortParams, build_distortions, matched_segments
 
 
 def guidance_black_share(cache_dir: str | Path, distortions_dir: str | Path | None = None) -> dict:
@@ -25,7 +25,8 @@ def guidance_black_share(cache_dir: str | Path, distortions_dir: str | Path | No
     Over every (variant, pixel) of the images in ``distortions.h5`` whose ``guidance.h5`` pixel is
     not valid: ``any`` = share that is non-black in the variant; ``outside_matched`` = the same
     share restricted to pixels outside every matched segment's mask and every matched thing's box
-    (void, unmatched, dropped or pruned segments: what issue 10 item 1 requires to be black; a
+    (void, unmatched, dropped or pruned segments: the generator has no guidance there, so a
+    distorted GT that shows content there would train it on content the guidance never gives; a
     matched segment's own pixels can be black in the guidance only where the retrieved shape does
     not cover it). ``n_black``/``n_outside``: the denominators.
     """

@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 
 from benchmarks.retrieval import SegmentTable, reference_topk
-from pipeline.composition import compose_guidance
+from pipeline.compose.composition import compose_guidance
 from pipeline.datasets import open_dataset
-from pipeline.decomposition import DecomposeParams, build_segment_db
+from pipeline.decompose.build import DecomposeParams, build_segment_db
 from pipeline.online import OnlineGuidance, choose
-from pipeline.retrieval import RetrievalParams
-from pipeline.retrieval_db import image_keys
-from pipeline.segments import decompose, normalised_mask, pack_mask
+from pipeline.retrieve.retrieval import RetrievalParams
+from pipeline.retrieve.build import image_keys
+from pipeline.decompose.segments import decompose, normalised_mask, pack_mask
 
 
 def jittered_dataset(src_root: Path, dst_root: Path, n_images: int, seed: int = 0) -> Path:

@@ -84,12 +84,14 @@ def _size(folder: Path, names) -> int:
 def measure(fmt: str, data_root: str | Path, *, resize: str | None = None, splits: str = "train",
             variants: int = 4, limit: int | None = None) -> dict:
     """Run the four stages once in a temporary cache; per-stage totals (see module docstring)."""
-    from pipeline import decomposition, distorted_gt, guidance
+    from pipeline.compose import build as compose_build
+    from pipeline.decompose import build as decompose_build
+    from pipeline.distort import build as distort_build
     from pipeline.datasets import open_dataset
-    from pipeline.decomposition import build_segment_db
-    from pipeline.distorted_gt import DistortParams, build_distortions
-    from pipeline.guidance import compose_dataset
-    from pipeline.retrieval_db import run_retrieval
+    from pipeline.decompose.build import build_segment_db
+    from pipeline.distort.build import DistortParams, build_distortions
+    from pipeline.compose.build import compose_dataset
+    from pipeline.retrieve.build import run_retrieval
 
     adapter = open_dataset(fmt, data_root, None, resize)
     split_list = [s for s in splits.split(",") if s]
@@ -103,7 +105,7 @@ def measure(fmt: str, data_root: str | Path, *, resize: str | None = None, split
                  "decode_cpu": decode_cpu, "decode_wall": decode_wall, "stages": {}}
     meters: dict[str, _Meter] = {}
     with tempfile.TemporaryDirectory(prefix="resail_bench_pipeline_") as tmp, \
-            _instrument([decomposition, guidance, distorted_gt], meters):
+            _instrument([decompose_build, compose_build, distort_build], meters):
         cache_dir = Path(tmp) / "cache"
         steps = [
             ("decompose", lambda: build_segment_db(adapter, cache_dir, splits=split_list, refs=refs, progress=False)),

@@ -9,7 +9,7 @@ does), and times
     all same-class candidates as one N×S×S numpy operation, then a sort. Unpacking is not timed.
     It runs on a random subset of the queries when the full set would take longer than
     ``ref_budget_s`` (the table says how many);
-(b) the engine (:class:`pipeline.retrieval.SegmentIndex`): build once, then one batched search;
+(b) the engine (:class:`pipeline.retrieve.retrieval.SegmentIndex`): build once, then one batched search;
 (c) the on-line use: 50 queries against the index per call (median latency).
 
 It checks that the top-k of (a) and (b) are identical on the common queries, records the engine's
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.retrieval import (
+from pipeline.retrieve.retrieval import (
     NO_EXCLUDE,
     RetrievalParams,
     SegmentIndex,
@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover
 # --------------------------------------------------------------------------------------------
 @dataclass
 class SegmentTable:
-    """Columns of a segment database (pipeline.retrieval array conventions)."""
+    """Columns of a segment database (pipeline.retrieve.retrieval array conventions)."""
 
     packed: np.ndarray  # uint8 [N, ceil(S*S/8)]
     class_ids: np.ndarray  # int64 [N]

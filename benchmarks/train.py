@@ -5,7 +5,7 @@ One run, one device, one table (numbers are only comparable within a run):
 * **G fwd+bwd** — one generator forward + backward on a batch (both guidance passes of a G step
   use this twice), ``norm="resail"`` against ``norm="spade"`` at the same ngf/crop/batch: the ratio
   is the cost of RESAIL's fine (guidance-image) branch;
-* **train step** — a whole iteration of :class:`resail_train.trainer.Trainer` (G step with two G
+* **train step** — a whole iteration of :class:`resail_train.training.trainer.Trainer` (G step with two G
   passes + D, segmentation net, D step) with each generator, and the ratio;
 * **data wait** — time the training loop waits for the next batch from the cache DataLoader, as a
   fraction of the wall time of the measured steps (RESAIL run; goal < 5 %).
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from resail_train.config import load_config
-from resail_train.trainer import TrainOptions, Trainer, resolve_device
+from resail_train.training.trainer import TrainOptions, Trainer, resolve_device
 
 
 # --------------------------------------------------------------------------- synthetic cache
@@ -46,7 +46,7 @@ def make_synthetic_cache(root: Path, n_images: int = 24, size: tuple[int, int] =
 
     from pipeline import cache
     from pipeline.datasets import open_dataset
-    from pipeline.decomposition import build_segment_db
+    from pipeline.decompose.build import build_segment_db
 
     classes = {"name": "synthetic", "ignore_id": 255, "classes": [
         {"id": 0, "name": "sky", "thing": False}, {"id": 1, "name": "road", "thing": False},
@@ -90,7 +90,7 @@ def make_synthetic_cache(root: Path, n_images: int = 24, size: tuple[int, int] =
 
 def _write_untrained_segnet(path: Path, cfg, meta) -> None:
     from resail_train.checkpoint import save_atomic
-    from resail_train.segnet import SegNet
+    from resail_train.models.segnet import SegNet
 
     net = SegNet(meta.num_classes, base_width=cfg.segnet.base_width, spectral=cfg.segnet.spectral)
     save_atomic({"format": 1, "kind": "resail-segnet", "state_dict": net.state_dict(), "num_classes": meta.num_classes,

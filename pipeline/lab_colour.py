@@ -2,9 +2,9 @@
 
 The colour distortion moves a segment's lαβ mean/std to a retrieved segment's, so every segment's
 lαβ statistics are a property of the segment database (``resail decompose`` stores them) and of the
-distortion (``pipeline.distortions``). RGB (0–255 scale) → LMS with Reinhard's matrix → ``log10`` →
+distortion (``pipeline.distort.distortions``). RGB (0–255 scale) → LMS with Reinhard's matrix → ``log10`` →
 lαβ with the decorrelating matrix; ``log10(0)`` is guarded by clamping LMS at :data:`LMS_EPS`.
-See :mod:`pipeline.distortions` for the conventions and the exactness of the round trip.
+See :mod:`pipeline.distort.distortions` for the conventions and the exactness of the round trip.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def ln_lms(rgb: np.ndarray) -> np.ndarray:
     """``ln(max(LMS, LMS_EPS))`` of RGB ``[..., 3]`` (uint8) as float32 ``[n, 1, 3]`` (row-major pixels).
 
     The first half of both the colour statistics and the colour transfer; per pixel, so converting a
-    whole image once gives each crop's values exactly (``pipeline.distortions`` does that once per
+    whole image once gives each crop's values exactly (``pipeline.distort.distortions`` does that once per
     image instead of once per segment and variant). ``cv2.transform`` for the 3×3 products: NumPy's
     matmul hands ``(n, 3) @ (3, 3)`` to a threaded BLAS whose spinning threads cost 20–50× the
     arithmetic on a loaded machine (profiled)."""

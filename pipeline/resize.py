@@ -5,14 +5,14 @@ which widens its filter support when it shrinks (antialiasing); ``cv2.INTER_CUBI
 at the 4× reductions of Cityscapes/ADE20K. Every place that downsamples a *real photo* (decompose
 ``--resize``, the training loader, the FID reference, evaluation) calls :func:`resize_image`, so they
 agree to the byte. Label, instance and mask maps are never interpolated: :func:`resize_index_map` is
-nearest-neighbour with the pixel-centre convention of :func:`pipeline.segments.nearest_indices`.
+nearest-neighbour with the pixel-centre convention of :func:`pipeline.decompose.segments.nearest_indices`.
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from pipeline.segments import nearest_indices
+from pipeline.decompose.segments import nearest_indices
 
 
 def resize_image(rgb: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -15,10 +15,21 @@ Why a class of its own: an interactive edit must not redo what did not change. A
 
 Local overrides survive a repaint for the segments that are unchanged *in place* (same class, box
 and mask); the others start again from the global rank / reference.
+
+Bad choices never reach the state: ranks are checked by :func:`check_rank` (0 ≤ rank < the
+retrieval's k) and seeds by :func:`check_seed` before anything is stored, and an edit that fails
+half-way (any exception) puts the previous state back, so one bad request cannot break a map.
+
+Threads: one :class:`MapEdit` is used by one thread at a time (the server holds a lock per map);
+the calls into what all maps share — the retrieval index, the database crops (HDF5, an LRU cache)
+and the generator (torch's global seed and settings) — are made under ``engine_lock``, one call at
+a time, so several maps can be edited at once.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -26,16 +37,51 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.composition import class_maps, paste_order, paste_segment
+from pipeline.compose.composition import class_maps, paste_order, paste_segment
 from pipeline.errors import ConfigError
 from pipeline.online import choose
-from pipeline.retrieval import TopK
-from pipeline.segments import Segment, segment_query_flags
+from pipeline.retrieve.retrieval import TopK
+from pipeline.decompose.segments import Segment, segment_query_flags
 from resail_studio.pngio import encode_rgb, thumbnail
+from resail_studio.variety import MapVariety
 
 HISTORY_LIMIT = 24  # snapshots kept per map (oldest dropped)
+SEED_LIMIT = 2 ** 63  # seeds are 0 .. 2**63 - 1: what torch.manual_seed and numpy's generators both take
+RANK_LIMIT = 2 ** 31  # ranks are below the retrieval's k, and below this when no k is given
 MEMO_LIMIT = 4096  # segment top-k results kept per map (across repaints and history restores)
 THUMB_SIDE = 160
+
+
+def _shown(v) -> str:
+    """A value for an error message: short even for a hostile 10**5000."""
+    try:
+        text = repr(v)
+    except ValueError:  # an int over Python's digit limit for str()
+        return "an integer of more than 4300 digits"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_rank(rank, k: int | None = None, what: str = "rank") -> int:
+    """``rank`` as an int when it is an integer with 0 ≤ rank < ``k`` (the retrieval's top-k size:
+    no segment has a candidate at rank k or beyond), or < :data:`RANK_LIMIT` when ``k`` is None;
+    else :class:`ConfigError` (one line, naming ``what``: e.g. ``--rank``)."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise ConfigError(None, f"{what} must be an integer >= 0, got {_shown(rank)}")
+    hi = RANK_LIMIT if k is None else max(1, min(int(k), RANK_LIMIT))
+    if not 0 <= rank < hi:
+        why = f"the retrieval keeps {hi} candidates per segment" if k is not None else "the largest rank accepted"
+        raise ConfigError(None, f"{what} must be in 0..{hi - 1} ({why}), got {_shown(rank)}")
+    return int(rank)
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` as an int when it is an integer in 0 .. 2**63 − 1 (:data:`SEED_LIMIT`; torch's
+    ``manual_seed`` overflows beyond its 64-bit range), else :class:`ConfigError` (one line)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ConfigError(None, f"{what} must be an integer in 0..{SEED_LIMIT - 1}, got {_shown(seed)}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(None, f"{what} must be in 0..{SEED_LIMIT - 1} (2**63 - 1), got {_shown(seed)}")
+    return int(seed)
 
 
 def segment_key(s: Segment) -> bytes:
@@ -79,6 +125,7 @@ class Snapshot:
     overrides: dict[int, int]
     thumb_png: bytes
     created: float = field(default_factory=time.time)
+    photo: object = None  # the reference photo in use (resail_studio.variety), shared, not copied
 
     @classmethod
     def take(cls, what: str, edit: "MapEdit") -> "Snapshot":
@@ -87,7 +134,7 @@ class Snapshot:
         th = thumbnail(edit.image, THUMB_SIDE)
         return cls(what, tuple(edit.labels.shape), zlib.compress(lab.tobytes(), 1), str(lab.dtype),
                    None if inst is None else zlib.compress(inst.tobytes(), 1), None if inst is None else str(inst.dtype),
-                   edit.rank, edit.reference, dict(edit.overrides), encode_rgb(th))
+                   edit.rank, edit.reference, dict(edit.overrides), encode_rgb(th), photo=edit.photo)
 
     def labels(self) -> np.ndarray:
         return np.frombuffer(zlib.decompress(self.labels_z), self.labels_dtype).reshape(self.shape).astype(np.int64)
@@ -102,13 +149,16 @@ class Snapshot:
         return len(self.labels_z) + len(self.instances_z or b"") + len(self.thumb_png) + 256
 
 
-class MapEdit:
-    """The editing state of one label map (see the module docstring). Not thread-safe: the server
-    serialises calls (the generator and the HDF5 database are shared)."""
+class MapEdit(MapVariety):
+    """The editing state of one label map (see the module docstring). One thread at a time per map;
+    ``engine_lock`` (shared by every map of a server) serialises the calls into the shared
+    retrieval index, crop database and generator."""
 
     def __init__(self, map_id: str, syn, labels: np.ndarray, instances: np.ndarray | None, *, seed: int = 0,
-                 source: str = "labels", what: str = "start") -> None:
-        self.map_id, self.syn, self.seed = map_id, syn, int(seed)
+                 source: str = "labels", what: str = "start", engine_lock=None) -> None:
+        self.map_id, self.syn, self.seed = map_id, syn, check_seed(seed)
+        self.engine = engine_lock if engine_lock is not None else threading.RLock()
+        self.k = int(syn.online.params.k)
         self.rank = 0
         self.reference: str | None = None
         self.overrides: dict[int, int] = {}
@@ -139,7 +189,8 @@ class MapEdit:
             # A new map is searched as one batch of all its segments, exactly the call `resail
             # synthesize` makes; a repaint searches only the segments not seen before.
             todo = list(range(len(segs))) if not self._memo else list(uniq.values())
-            top = self.syn.online.retrieve_segments([segs[i] for i in todo])
+            with self.engine:
+                top = self.syn.online.retrieve_segments([segs[i] for i in todo])
             for q, i in enumerate(todo):
                 part = top.for_query(q)
                 self._memo[keys[i]] = (part.rank, part.candidate_id, part.score, part.shape_term, part.scale_term)
@@ -179,7 +230,7 @@ class MapEdit:
     def _choices(self) -> tuple[dict[int, int], np.ndarray]:
         ov = self.syn.reference_overrides(self.segs, self.top, self.reference) if self.reference is not None else {}
         ov.update(self.overrides)
-        return ov, choose(self.top, len(self.segs), self.rank, ov)
+        return ov, self._with_photo(choose(self.top, len(self.segs), self.rank, ov))
 
     def _render(self) -> None:
         t0 = time.perf_counter()
@@ -187,14 +238,15 @@ class MapEdit:
         self.chosen_rank = [ov.get(i, self.rank) if self.matches[i] >= 0 else None for i in range(len(self.segs))]
         self.guidance, self.valid = self._compose()
         t1 = time.perf_counter()
-        self.image = self.syn.render(self.labels, self.guidance, self.instances, self.seed)
+        with self.engine:
+            self.image = self.syn.render(self.labels, self.guidance, self.instances, self.seed)
         t2 = time.perf_counter()
         self.version += 1
         self._png.clear()
         self.timings.update({"compose_ms": 1e3 * (t1 - t0), "generate_ms": 1e3 * (t2 - t1)})
 
     def _compose(self) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`pipeline.composition.compose_guidance`, by layers: each segment's paste (its box,
+        """:func:`pipeline.compose.composition.compose_guidance`, by layers: each segment's paste (its box,
         pasted pixels and colours, computed by :func:`paste_segment` itself) is kept per chosen
         candidate until the map is repainted, so a local or global edit pastes only the segments
         whose candidate changed and then replays the layers in the paste order (same result)."""
@@ -207,15 +259,15 @@ class MapEdit:
         valid = np.zeros((H, W), bool)
         scratch_g, scratch_v = None, None
         for i in paste_order(self.segs):
-            c = int(self.matches[i])
-            if c < 0:
+            c = self._paste_code(i)  # a database segment id, a photo segment, or -1
+            if c == -1:
                 continue
             layer = self._layers.get((i, c))
             if layer is None:
                 if scratch_g is None:
                     scratch_g, scratch_v = np.zeros((H, W, 3), np.uint8), np.zeros((H, W), bool)
                 q = self.segs[i]
-                rgb, m = self.syn.online.crop(c)
+                rgb, m = self._crop_of(c)
                 paste_segment(scratch_g, scratch_v, q.box, q.mask, q.is_thing, thing_map, rgb, m, stuff_map=stuff_map)
                 y0, x0, y1, x1 = q.box
                 layer = (q.box, scratch_v[y0:y1, x0:x1].copy(), scratch_g[y0:y1, x0:x1].copy())
@@ -243,44 +295,68 @@ class MapEdit:
             1e3 * (time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ edits (each returns nothing; read state())
+    @contextlib.contextmanager
+    def _all_or_nothing(self):
+        """Put the previous state back when an edit fails part-way (the arrays are replaced, never
+        written in place; the containers edits mutate are copied). The top-k memo and the paste
+        layers only gain entries that are right for the map they were computed on, so they are kept."""
+        saved = dict(self.__dict__)
+        saved.update(overrides=dict(self.overrides), _png=dict(self._png), history=list(self.history),
+                     timings=dict(self.timings))
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
     def set_labels(self, labels: np.ndarray, instances: np.ndarray | None = None, source: str = "labels") -> None:
         """A repainted map. Without ``instances`` the old instance ids are kept where the class did not
         change (a painted-over thing loses its id and becomes connected components)."""
         labels = np.asarray(labels, dtype=np.int64)
         if instances is None and self.instances is not None and labels.shape == self.labels.shape:
             instances = np.where(labels == self.labels, self.instances, 0)
-        self._apply_labels(labels, instances, source)
-        self._changed("paint", relabelled=True)
+        with self._all_or_nothing():
+            self._apply_labels(labels, instances, source)
+            self._changed("paint", relabelled=True)
 
     def set_segment_rank(self, index: int, rank: int) -> None:
         self._segment(index)
-        self.overrides[int(index)] = _rank(rank)
-        self._changed(f"segment {index} → rank {rank}")
+        rank = check_rank(rank, self.k)
+        with self._all_or_nothing():
+            self.overrides[int(index)] = rank
+            self._changed(f"segment {index} → rank {rank}")
 
     def set_rank(self, rank: int) -> None:
         """Global edit: every segment takes ``rank``; local overrides and the reference are cleared."""
-        self.rank = _rank(rank)
-        self.overrides, self.reference = {}, None
-        self._changed(f"all → rank {rank}")
+        rank = check_rank(rank, self.k)
+        with self._all_or_nothing():
+            self.rank = rank
+            self.overrides, self.reference = {}, None
+            self._changed(f"all → rank {rank}")
 
     def set_reference(self, image_id: str | None) -> None:
         """Reference edit (``None`` leaves the mode): every segment takes its best candidate from
         ``image_id``; local overrides are cleared, later ones win."""
         if image_id is not None:
             self.syn.reference_overrides(self.segs, self.top, str(image_id))  # ConfigError when unusable
-        self.reference = None if image_id is None else str(image_id)
-        self.overrides = {}
-        self._changed(f"reference {image_id}" if image_id is not None else "reference off")
+        with self._all_or_nothing():
+            self.reference = None if image_id is None else str(image_id)
+            self.photo = None
+            self.overrides = {}
+            self._changed(f"reference {image_id}" if image_id is not None else "reference off")
 
     def restore(self, n: int) -> None:
         """Go back to history entry ``n`` (the history itself is kept)."""
         if not 0 <= n < len(self.history):
             raise KeyError(n)
         snap = self.history[n]
-        self._apply_labels(snap.labels(), snap.instances(), "history")
-        self.rank, self.reference, self.overrides = snap.rank, snap.reference, dict(snap.overrides)
-        self._render()
-        self.current = n
+        with self._all_or_nothing():
+            self._apply_labels(snap.labels(), snap.instances(), "history")
+            self.rank, self.reference, self.overrides = snap.rank, snap.reference, dict(snap.overrides)
+            self.photo = snap.photo
+            self._render()
+            self.current = n
 
     # ------------------------------------------------------------------ reading
     def _segment(self, index: int) -> Segment:
@@ -332,7 +408,8 @@ class MapEdit:
                 "history": [{"index": n, "what": h.what, "thumbnail_url": f"{base}/history/{n}/thumbnail.png"}
                             for n, h in enumerate(self.history)],
                 "current": self.current,
-                "timings": {k: (round(v_, 2) if isinstance(v_, float) else v_) for k, v_ in self.timings.items()}}
+                "timings": {k: (round(v_, 2) if isinstance(v_, float) else v_) for k, v_ in self.timings.items()},
+                **self.variety_state()}
 
     @property
     def nbytes(self) -> int:
@@ -344,11 +421,5 @@ class MapEdit:
         n += sum(len(b) for b in self._png.values()) + sum(h.nbytes for h in self.history)
         n += sum(pm.nbytes + rgb.nbytes for _, pm, rgb in self._layers.values())
         n += 0 if self._maps is None else sum(a.nbytes for a in self._maps)
+        n += self.variety_nbytes()
         return int(n)
-
-
-def _rank(rank) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 0:
-        raise ConfigError(None, f"rank must be an integer >= 0, got {rank!r}")
-    return int(rank)
-

@@ -3,8 +3,13 @@
 Everything heavy is loaded once, in :class:`Studio`: the run's generator and the on-line retrieval
 index (a :class:`resail_train.synthesis.Synthesizer`), the segment database whose crops are the
 candidate thumbnails, and the dataset adapter that reads the validation label maps offered as
-starting points. The generator and the HDF5 database are not thread-safe, so one lock serialises
-the calls that touch them (uvicorn runs sync endpoints in a thread pool).
+starting points.
+
+Threads (uvicorn runs sync endpoints in a thread pool): each open map has a lock of its own
+(:meth:`resail_studio.sessions.SessionStore.session`), so a long edit of one map never holds up
+another map's requests; the generator, the retrieval index, the HDF5 database and the thumbnail
+cache are shared and not thread-safe, so every call into them takes ``Studio.engine``, one call
+at a time (never for a whole edit).
 
 Input hygiene: uploads are decoded in memory (:mod:`resail_studio.pngio`); ids in URLs are looked
 up in dictionaries built at start (a request never names a file); every failure is a JSON
@@ -12,10 +17,11 @@ up in dictionaries built at start (a request never names a file); every failure 
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -26,11 +32,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.errors import ResailError
+from pipeline.errors import ConfigError, ResailError
 from pipeline.visualize import class_colors, colorize_labels
-from resail_studio.editor import MapEdit
+from resail_studio.editor import MapEdit, check_rank, check_seed
 from resail_studio.pngio import UploadError, decode_index_png, encode_index, encode_rgb, thumbnail
 from resail_studio.sessions import SessionStore
+from resail_studio.variety import add_routes as add_variety_routes
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_PIXELS = 16_000_000  # label maps larger than 16 Mpx are refused (413)
@@ -55,10 +62,12 @@ class Studio:
 
     def __init__(self, syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 30,
                  max_pixels: int = MAX_PIXELS, run_name: str | None = None) -> None:
-        self.syn, self.seed, self.max_pixels = syn, int(seed), int(max_pixels)
+        # A seed torch cannot take would fail every map's synthesis: refuse it at start, in one line.
+        self.syn, self.seed, self.max_pixels = syn, check_seed(seed), int(max_pixels)
         self.run_name = run_name or (syn.run_dir.name if syn.run_dir is not None else "run")
         self.store = SessionStore(max_maps, max_bytes)
-        self.lock = threading.Lock()
+        self.engine = threading.RLock()  # the generator, index, database, adapter, thumbnail cache
+        self.k = int(syn.online.params.k)
         self.meta = syn.meta
         self.colors = class_colors(self.meta)
         db = syn.online.db
@@ -116,19 +125,28 @@ class Studio:
         return segment_id
 
     # ------------------------------------------------------------------ maps
-    def get(self, map_id: str) -> MapEdit:
+    @contextlib.contextmanager
+    def session(self, map_id: str) -> Iterator[MapEdit]:
+        """Hold ``map_id``'s own lock for the block (other maps are not held up); 404 when unknown."""
         try:
-            return self.store.get(map_id)
+            cm = self.store.session(map_id)
+            edit = cm.__enter__()
         except KeyError:
             raise NotFound(f"map {map_id!r} is unknown or was evicted (open it again)") from None
+        with contextlib.ExitStack() as stack:
+            stack.push(cm)
+            yield edit
 
     def open_map(self, labels: np.ndarray, instances: np.ndarray | None, source: str) -> dict:
         if labels.shape[0] * labels.shape[1] > self.max_pixels:
             raise UploadError(f"{source}: {labels.shape[1]}x{labels.shape[0]} is over the limit of "
                               f"{self.max_pixels / 1e6:g} Mpx", 413)
-        edit = MapEdit(self.store.new_id(), self.syn, labels, instances, seed=self.seed, source=source)
+        # Not shared until it is in the store: built without any map lock, engine calls locked inside.
+        edit = MapEdit(self.store.new_id(), self.syn, labels, instances, seed=self.seed, source=source,
+                       engine_lock=self.engine)
+        state = edit.state()
         self.store.add(edit)
-        return edit.state()
+        return state
 
     def info(self) -> dict:
         m = self.meta
@@ -166,8 +184,17 @@ def _int_field(body: Any, key: str) -> int:
         raise UploadError(f'expected a JSON object {{"{key}": …}}', 400)
     v = body[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise UploadError(f"{key} must be an integer >= 0, got {v!r}", 400)
+        raise UploadError(f"{key} must be an integer >= 0, got {v!r}"[:200], 400)
     return v
+
+
+def _rank_field(body: Any, k: int) -> int:
+    """A well-formed rank (else 400) that the retrieval can serve: 0 ≤ rank < k (else 422)."""
+    r = _int_field(body, "rank")
+    try:
+        return check_rank(r, k)
+    except ConfigError as e:
+        raise UploadError(str(e), 422) from None
 
 
 def _png(data: bytes, cache: bool = False) -> Response:
@@ -176,13 +203,32 @@ def _png(data: bytes, cache: bool = False) -> Response:
 
 
 def create_app(syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 30, max_pixels: int = MAX_PIXELS,
-               run_name: str | None = None) -> FastAPI:
-    """The FastAPI app of a loaded :class:`~resail_train.synthesis.Synthesizer` (see the README)."""
+               run_name: str | None = None, palette=None) -> FastAPI:
+    """The FastAPI app of a loaded :class:`~resail_train.synthesis.Synthesizer` (see docs/studio.md); with a
+    ``palette`` (:mod:`pipeline.datasets.palette`) uploaded label maps may be colour PNGs."""
     studio = Studio(syn, seed=seed, max_maps=max_maps, max_bytes=max_bytes, max_pixels=max_pixels,
                     run_name=run_name)
+
+    def read_labels(data: bytes, what: str, max_pixels: int) -> np.ndarray:
+        """``_read_index``; with a palette an RGB label upload is read through it (instances never are)."""
+        if palette is None or "labels" not in what or data[25:26] in (b"\x00", b"\x04"):  # grey PNG: ids
+            return _read_index(data, what, max_pixels)
+        from pipeline.datasets.palette import decode_label_bytes
+        from resail_studio.pngio import png_size
+
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise UploadError(f"{what}: upload over {MAX_UPLOAD_BYTES >> 20} MB", 413)
+        h, w = png_size(data, what)
+        if h * w > max_pixels:
+            raise UploadError(f"{what}: {w}x{h} = {h * w / 1e6:.1f} Mpx is over the limit of {max_pixels / 1e6:g} Mpx",
+                              413)
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None or arr.size == 0:
+            raise UploadError(f"{what}: unreadable or corrupt PNG")
+        return decode_label_bytes(arr, palette, what, syn.meta)
     app = FastAPI(title="RESAIL studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.studio = studio
-    lock = studio.lock
+    engine = studio.engine
 
     # -------------------------------------------------------------- errors: always {"error": …}
     @app.exception_handler(ResailError)
@@ -214,8 +260,14 @@ def create_app(syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 
         return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
     def locked(fn: Callable, *a):
-        with lock:
+        """Run ``fn`` under the shared-resources lock (thumbnails, dataset samples: short calls)."""
+        with engine:
             return fn(*a)
+
+    def on_map(map_id: str, fn: Callable[[MapEdit], Any]) -> Any:
+        """Run ``fn(edit)`` under ``map_id``'s own lock."""
+        with studio.session(map_id) as e:
+            return fn(e)
 
     # -------------------------------------------------------------- page
     @app.get("/", include_in_schema=False)
@@ -245,11 +297,8 @@ def create_app(syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 
     @app.post("/api/examples/{image_id}", status_code=201)
     def open_example(image_id: str):
         r = studio.example(image_id)
-
-        def go():
-            s = studio._sample(r["split"], image_id)
-            return studio.open_map(s.labels, s.instances, f"{r['split']}/{image_id}")
-        return locked(go)
+        s = locked(studio._sample, r["split"], image_id)
+        return studio.open_map(s.labels, s.instances, f"{r['split']}/{image_id}")
 
     @app.get("/api/images/{image_id}/thumbnail.png")
     def image_thumb(image_id: str):
@@ -277,10 +326,11 @@ def create_app(syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 
 
         def make():
             img = studio._sample(studio._seg_split[segment_id], studio._seg_image[segment_id]).image
-            small = thumbnail(img, 200)
+            # A shrunk image may be a read-only view of PIL's buffer (OpenCV refuses to draw on it) and
+            # an unshrunk one is the sample itself: draw on a copy of our own.
+            small = np.array(thumbnail(img, 200), dtype=np.uint8, order="C", copy=True)
             s = small.shape[0] / img.shape[0]
             y0, x0, y1, x1 = (int(round(v * s)) for v in studio._seg_box[segment_id])
-            small = np.ascontiguousarray(small)
             cv2.rectangle(small, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (255, 230, 0), 2)
             return encode_rgb(small)
         return _png(locked(studio.cached, ("source", segment_id), make), cache=True)
@@ -291,88 +341,80 @@ def create_app(syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 
         lab_b, inst_b = await _upload(labels, "labels"), await _upload(instances, "instances")
 
         def go():
-            lab = _read_index(lab_b, "labels", studio.max_pixels)
+            lab = read_labels(lab_b, "labels", studio.max_pixels)
             inst = None if inst_b is None else _read_index(inst_b, "instances", studio.max_pixels)
             return studio.open_map(lab, inst, "labels")
-        return await run_in_threadpool(locked, go)
+        return await run_in_threadpool(go)
 
     @app.get("/api/maps/{map_id}")
     def get_map(map_id: str):
-        return locked(lambda: studio.get(map_id).state())
+        return on_map(map_id, lambda e: e.state())
 
     @app.delete("/api/maps/{map_id}", status_code=204)
     def delete_map(map_id: str):
-        def go():
-            studio.get(map_id)
-            studio.store.remove(map_id)
-        locked(go)
+        on_map(map_id, lambda e: studio.store.remove(map_id))
         return Response(status_code=204)
 
     def edit_and_state(map_id: str, fn: Callable[[MapEdit], None]) -> dict:
-        def go():
-            e = studio.get(map_id)
+        def go(e: MapEdit) -> dict:
             fn(e)
-            studio.store.touch(map_id)
             return e.state()
-        return locked(go)
+        return on_map(map_id, go)
 
     @app.get("/api/maps/{map_id}/image.png")
     def map_image(map_id: str):
-        return _png(locked(lambda: studio.get(map_id).png("image")))
+        return _png(on_map(map_id, lambda e: e.png("image")))
 
     @app.get("/api/maps/{map_id}/guidance.png")
     def map_guidance(map_id: str):
-        return _png(locked(lambda: studio.get(map_id).png("guidance")))
+        return _png(on_map(map_id, lambda e: e.png("guidance")))
 
     @app.get("/api/maps/{map_id}/labels.png")
     def map_labels(map_id: str, color: bool = False):
-        def go():
-            lab = studio.get(map_id).labels
-            return encode_rgb(colorize_labels(lab, studio.meta)) if color else encode_index(lab)
-        return _png(locked(go))
+        lab = on_map(map_id, lambda e: e.labels)  # replaced by an edit, never written in place
+        return _png(encode_rgb(colorize_labels(lab, studio.meta)) if color else encode_index(lab))
 
     @app.get("/api/maps/{map_id}/instances.png")
     def map_instances(map_id: str):
-        def go():
-            inst = studio.get(map_id).instances
-            if inst is None:
-                raise NotFound(f"map {map_id} has no instance map")
-            return encode_index(inst)
-        return _png(locked(go))
+        inst = on_map(map_id, lambda e: e.instances)
+        if inst is None:
+            raise NotFound(f"map {map_id} has no instance map")
+        return _png(encode_index(inst))
 
     @app.get("/api/maps/{map_id}/labels.raw")
     def map_labels_raw(map_id: str):
         """The label map as little-endian uint16 H×W (what the page paints on)."""
-        def go():
-            return np.ascontiguousarray(studio.get(map_id).labels.astype("<u2")).tobytes()
-        return Response(locked(go), media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+        lab = on_map(map_id, lambda e: e.labels)
+        return Response(np.ascontiguousarray(lab.astype("<u2")).tobytes(), media_type="application/octet-stream",
+                        headers={"Cache-Control": "no-store"})
 
     @app.put("/api/maps/{map_id}/labels")
     async def put_labels(map_id: str, labels: UploadFile = File(...), instances: UploadFile | None = File(None)):
         lab_b, inst_b = await _upload(labels, "labels"), await _upload(instances, "instances")
 
         def go():
-            e = studio.get(map_id)
-            lab = _read_index(lab_b, "labels", studio.max_pixels)
-            inst = None if inst_b is None else _read_index(inst_b, "instances", studio.max_pixels)
-            e.set_labels(lab, inst, "labels")
-            studio.store.touch(map_id)
-            return e.state()
-        return await run_in_threadpool(locked, go)
+            with studio.session(map_id) as e:
+                lab = read_labels(lab_b, "labels", studio.max_pixels)
+                inst = None if inst_b is None else _read_index(inst_b, "instances", studio.max_pixels)
+                e.set_labels(lab, inst, "labels")
+                return e.state()
+        return await run_in_threadpool(go)
 
     def seg_index(e: MapEdit, index: int) -> int:
         if not 0 <= index < len(e.segs):
             raise NotFound(f"segment {index} does not exist: map {e.map_id} has {len(e.segs)} segments")
         return index
 
+    # A rank is checked before the map is touched: one the retrieval cannot serve (>= k, or past
+    # int64 as a JSON integer can be) is a 422 and the map keeps its state.
     @app.put("/api/maps/{map_id}/segments/{index}")
     def put_segment(map_id: str, index: int, body: Any = Body(...)):
-        r = _int_field(body, "rank")
+        r = _rank_field(body, studio.k)
         return edit_and_state(map_id, lambda e: e.set_segment_rank(seg_index(e, index), r))
 
     @app.put("/api/maps/{map_id}/ranks")
     def put_ranks(map_id: str, body: Any = Body(...)):
-        r = _int_field(body, "rank")
+        r = _rank_field(body, studio.k)
         return edit_and_state(map_id, lambda e: e.set_rank(r))
 
     @app.put("/api/maps/{map_id}/reference")
@@ -388,8 +430,7 @@ def create_app(syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 
 
     @app.get("/api/maps/{map_id}/segments/{index}/candidates")
     def candidates(map_id: str, index: int):
-        def go():
-            e = studio.get(map_id)
+        def go(e: MapEdit):
             top = e.candidates(seg_index(e, index))
             chosen = int(e.matches[index])
             return [{"rank": int(r), "segment_id": int(c), "image_id": str(studio._seg_image[c]),
@@ -400,22 +441,19 @@ def create_app(syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 
                      "source_url": f"/api/segments/{int(c)}/source.png" if studio.adapter is not None else None}
                     for r, c, s, sh, sc in zip(top.rank.tolist(), top.candidate_id.tolist(), top.score.tolist(),
                                                top.shape_term.tolist(), top.scale_term.tolist())]
-        return locked(go)
+        return on_map(map_id, go)
 
     @app.get("/api/maps/{map_id}/segments/{index}/mask.png")
     def segment_mask(map_id: str, index: int):
-        def go():
-            e = studio.get(map_id)
-            return encode_rgb(e.segment_mask_rgba(seg_index(e, index)))
-        return _png(locked(go))
+        return _png(on_map(map_id, lambda e: encode_rgb(e.segment_mask_rgba(seg_index(e, index)))))
 
     @app.get("/api/maps/{map_id}/segment_at")
     def segment_at(map_id: str, x: int, y: int):
-        return {"index": locked(lambda: studio.get(map_id).segment_at(x, y))}
+        return {"index": on_map(map_id, lambda e: e.segment_at(x, y))}
 
     @app.get("/api/maps/{map_id}/history")
     def history(map_id: str):
-        return locked(lambda: studio.get(map_id).state()["history"])
+        return on_map(map_id, lambda e: e.state()["history"])
 
     def snap(e: MapEdit, n: int):
         if not 0 <= n < len(e.history):
@@ -424,10 +462,12 @@ def create_app(syn, *, seed: int = 0, max_maps: int = 16, max_bytes: int = 1 << 
 
     @app.get("/api/maps/{map_id}/history/{n}/thumbnail.png")
     def history_thumb(map_id: str, n: int):
-        return _png(locked(lambda: snap(studio.get(map_id), n).thumb_png))
+        return _png(on_map(map_id, lambda e: snap(e, n).thumb_png))
 
     @app.post("/api/maps/{map_id}/history/{n}/restore")
     def restore(map_id: str, n: int):
         return edit_and_state(map_id, lambda e: (snap(e, n), e.restore(n)))
 
+    # shuffle, strip of samples, reference photo (resail_studio/variety.py)
+    add_variety_routes(app, studio, read_index=read_labels, upload=_upload, png=_png, not_found=NotFound)
     return app

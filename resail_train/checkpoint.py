@@ -13,10 +13,13 @@ A checkpoint is a dict of state dicts, numbers, strings, lists and tensors only,
 RNG states (:func:`capture_rng_state`): python ``random`` (version, 625 words as an int64 tensor,
 gauss), numpy's legacy global generator (MT19937 key as an int64 tensor, pos, has_gauss,
 cached_gaussian), torch CPU (uint8 tensor), CUDA (a list of uint8 tensors, one per device, when
-CUDA is initialised). Writes go to ``<name>.tmp`` and are renamed with :func:`os.replace`.
+CUDA is initialised). Writes go to a temp file unique to the writer (``<name>.<pid>-<random>.tmp``,
+:func:`pipeline.cache.atomic.tmp_path`) and are renamed with :func:`os.replace`, so two writers never
+share a half-written file; a full disk leaves the previous file and one :class:`CacheError` line.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -25,16 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from pipeline.cache.atomic import disk_full_error, tmp_path
 from pipeline.errors import CacheError
+from resail_train.run_files import (BEST, CHECKPOINT_DIR, CONFIG_FILE, DETAILS_FILE, GENERATOR_FILE, LATEST,  # noqa: F401
+                                    TRAIN_SUMMARY_FILE, step_name)
 
-CHECKPOINT_DIR = "checkpoints"
-LATEST = "latest.pt"
 FORMAT_VERSION = 1
-
-
-def step_name(step: int) -> str:
-    return f"step_{int(step):07d}.pt"
 
 
 def capture_rng_state() -> dict:
@@ -68,20 +69,41 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda[:n]])
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state: what ``torch.save`` needs on disk, give or take."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _replace_or_fail(tmp: Path, path: Path, err: BaseException, needed: int) -> BaseException:
+    """Delete ``tmp``; the error to raise for a failed write of ``path`` (a full disk: one line)."""
+    tmp.unlink(missing_ok=True)
+    full = disk_full_error(path, err, needed)
+    return err if full is None else full
+
+
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path.tmp`` then ``os.replace`` (the old file stays until the new one is whole)."""
+    """``torch.save`` to a fresh temp beside ``path``, then ``os.replace`` (the old file stays until
+    the new one is whole; concurrent writers each have their own temp)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        err = _replace_or_fail(tmp, path, e, _tensor_bytes(obj) + (1 << 16))
+        if err is e:
+            raise
+        raise err from None
     return path
 
 
@@ -106,13 +128,15 @@ def save_training_checkpoint(run_dir: str | Path, state: dict, step: int, keep: 
     out = [save_atomic(state, ckdir / LATEST)]
     if keep:  # a byte copy of latest.pt, written atomically as well
         dst = ckdir / step_name(step)
-        tmp = dst.with_name(dst.name + ".tmp")
+        tmp = tmp_path(dst)
         try:
             shutil.copyfile(out[0], tmp)
             os.replace(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        except BaseException as e:
+            err = _replace_or_fail(tmp, dst, e, _tensor_bytes(state) + (1 << 16))
+            if err is e:
+                raise
+            raise err from None
         out.append(dst)
     return out
 
@@ -122,9 +146,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return p if p.is_file() else None
 
 
-# --------------------------------------------------------------------------- which generator (issue 11)
-BEST = "best.pt"
-GENERATOR_FILE = "generator.pt"  # = resail_train.trainer.GENERATOR_FILE (the trainer imports this module)
+# --------------------------------------------------------------------------- which generator
 CHECKPOINT_CHOICES = ("latest", "best")
 
 
@@ -162,3 +184,65 @@ def as_generator_file(obj: dict) -> dict:
     if n and "label_nc" in obj:
         out["instance_edges"] = int(obj["label_nc"]) == n + 1
     return out
+
+
+def export_generator(src: str | Path, dst: str | Path, *, half: bool = True, drop_cache_dir: bool = True) -> Path:
+    """A run's generator (a generator file or a training checkpoint; its EMA generator when present) as
+    a stand-alone generator file ``dst``: the weights (half precision with ``half``, which halves the
+    file and loads back into the float32 network unchanged up to fp16 rounding), the config, the class
+    list and the step. ``drop_cache_dir`` removes the training machine's cache path, which means
+    nothing elsewhere (the user passes ``--cache``)."""
+    obj = as_generator_file(load_checkpoint(src))
+    missing = [k for k in ("config", "label_nc", "classes", "state_dict") if k not in obj]
+    if missing:
+        raise CacheError(src, f"not a RESAIL generator or training checkpoint (missing {', '.join(missing)})")
+    out = dict(obj)
+    if half:
+        out["state_dict"] = {k: (v.half() if v.is_floating_point() else v) for k, v in obj["state_dict"].items()}
+    if drop_cache_dir:
+        out.pop("cache_dir", None)
+    return save_atomic(out, dst)
+
+
+_CACHE_KEYS = ("cache_dir", "cache")
+
+
+def recorded_cache_dir(run_dir: str | Path) -> Path | None:
+    """The stage cache a run was trained on, where the run folder records it.
+
+    Looked up in ``train_summary.json``, ``generator.pt``, ``config.yaml`` (keys ``cache_dir`` or
+    ``cache``) and ``eval_details.json`` (``cache_dir``, written by ``resail evaluate``).
+    """
+    run_dir = Path(run_dir)
+    cands: list = []
+    for name in (TRAIN_SUMMARY_FILE, DETAILS_FILE):
+        p = run_dir / name
+        if p.is_file():
+            try:
+                d = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(d, dict):
+                cands += [d.get(k) for k in _CACHE_KEYS]
+                det = d.get("details")
+                if isinstance(det, dict):
+                    cands.append(det.get("cache_dir"))
+    p = run_dir / CONFIG_FILE
+    if p.is_file():
+        try:
+            d = yaml.safe_load(p.read_text())
+            if isinstance(d, dict):
+                cands += [d.get(k) for k in _CACHE_KEYS]
+        except (OSError, yaml.YAMLError):
+            pass
+    g = run_dir / GENERATOR_FILE
+    if g.is_file() and not any(cands):
+        try:
+            obj = load_checkpoint(g)
+            cands += [obj.get(k) for k in _CACHE_KEYS]
+        except CacheError:
+            pass
+    for c in cands:
+        if isinstance(c, str) and c:
+            return Path(c)
+    return None

@@ -11,10 +11,23 @@ Every problem is a :class:`pipeline.errors.ConfigError` naming the config file.
 Built-in configs (see each file's header for the paper values they carry):
 
 * ``demo`` — the camvid_demo run of ``make demo``: trains in minutes on 2 CPU cores.
-* ``camvid96`` — the README's small-scale Table 3 on full CamVid at 96×128 (the demo model).
-* ``cityscapes``, ``ade20k``, ``ade20k-outdoor``, ``coco-stuff`` — the paper's settings (method.md §6)
+* ``camvid96`` — the small-scale Table 3 on full CamVid (docs/experiments.md) at 96×128 (the demo model).
+* ``cityscapes``, ``ade20k``, ``ade20k-outdoor``, ``coco-stuff`` — the paper's settings (docs/method.md §6)
   with the released ``settings.sh`` global batch sizes (3, 8, 2, 3) and 100 + 100 epochs; they refuse
   to start without VGG19 weights (``loss.vgg_required``).
+
+Sizes are bounded (:data:`SIZE_RANGES`): a typo such as ``model.ngf: 100000`` would otherwise build a
+network of terabytes before anything reports it. Each range holds the paper configs with room to
+spare (paper values in brackets):
+
+* ``model.ngf``, ``model.ndf``: 1..256 [64] — the generator's widths grow with ngf², 256 is already
+  ~16× the paper's parameter count;
+* ``model.norm_hidden``: 1..1024 [128] (the SPADE/RESAIL modulation MLP width);
+* ``model.num_upsampling``: 0..7 [5 ADE20K/COCO, 6 Cityscapes; SPADE's "most" is 7];
+* ``model.n_layers_D``: 1..6 [4]; ``model.num_D``: 1..4 [2];
+* ``segnet.base_width``: 2..512 [128];
+* ``data.crop_size``, ``data.load_size``: each side 1..4096 [up to 256×512; full Cityscapes is 1024×2048];
+* ``optim.batch_size``, ``segnet.batch_size``: 1..1024 [3..32].
 
 Keys added later (``data.guidance_mode``, ``loss.vgg_input``, …) are filled from
 :data:`LEGACY_DEFAULTS` — the value that reproduces what an older config or checkpoint meant — when
@@ -33,7 +46,7 @@ import yaml
 
 from pipeline.errors import ConfigError
 from resail_train.guidance_modes import MODE_NAMES as GUIDANCE_MODE_NAMES
-from resail_train.norms import norm_names
+from resail_train.models.norms.registry import norm_names
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_NAMES = ("demo", "cityscapes", "ade20k", "ade20k-outdoor", "coco-stuff", "camvid96")
@@ -48,14 +61,36 @@ VGG_HELP = ("the VGG19 perceptual loss needs ImageNet VGG19 weights: a torchvisi
 Check = Callable[[Any], Any]  # returns the normalised value or raises ValueError(reason)
 
 
-def _int(lo: int | None = None) -> Check:
+def _int(lo: int | None = None, hi: int | None = None) -> Check:
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"expected an integer, got {v!r}")
+        if hi is not None and not lo <= v <= hi:
+            raise ValueError(f"must be in {lo}..{hi}, got {v}")
         if lo is not None and v < lo:
             raise ValueError(f"must be >= {lo}, got {v}")
         return int(v)
     return check
+
+
+#: ``key: (lo, hi)`` of every size that scales memory; see the module docstring for the paper values.
+SIZE_RANGES: dict[str, tuple[int, int]] = {
+    "model.ngf": (1, 256),
+    "model.ndf": (1, 256),
+    "model.norm_hidden": (1, 1024),
+    "model.num_upsampling": (0, 7),
+    "model.n_layers_D": (1, 6),
+    "model.num_D": (1, 4),
+    "segnet.base_width": (2, 512),
+    "optim.batch_size": (1, 1024),
+    "segnet.batch_size": (1, 1024),
+    "data.crop_size": (1, 4096),  # per side
+    "data.load_size": (1, 4096),  # per side
+}
+
+
+def _bounded(key: str) -> Check:
+    return _int(*SIZE_RANGES[key])
 
 
 def _float(lo: float | None = None, hi: float | None = None) -> Check:
@@ -102,14 +137,20 @@ def _optional(inner: Check) -> Check:
     return check
 
 
-def _size(v):
-    """``[H, W]`` (or one int for a square)."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v, v]
-    if (not isinstance(v, (list, tuple)) or len(v) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
-        raise ValueError(f"expected [height, width] of positive integers, got {v!r}")
-    return [int(v[0]), int(v[1])]
+def _size(key: str) -> Check:
+    """``[H, W]`` (or one int for a square), each side in ``SIZE_RANGES[key]``."""
+    lo, hi = SIZE_RANGES[key]
+
+    def check(v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v, v]
+        if (not isinstance(v, (list, tuple)) or len(v) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
+            raise ValueError(f"expected [height, width] of integers, got {v!r}")
+        if not all(lo <= x <= hi for x in v):
+            raise ValueError(f"each side must be in {lo}..{hi}, got {list(v)!r}")
+        return [int(v[0]), int(v[1])]
+    return check
 
 
 SCHEMA: dict[str, Any] = {
@@ -119,27 +160,30 @@ SCHEMA: dict[str, Any] = {
     "vgg_weights": _optional(_str),
     "data": {
         "split": _str,
-        "load_size": _optional(_size),
+        "load_size": _optional(_size("data.load_size")),
         "allow_resize": _bool,  # accept a load_size that differs from the cache's --resize (optional, default false)
-        "crop_size": _size,
+        "crop_size": _size("data.crop_size"),
         "flip": _bool,
         "guidance_sampling": _choice("rank0", "topk"),
         "guidance_mode": _choice(*GUIDANCE_MODE_NAMES),  # paper Table 4 (resail_train/guidance_modes.py)
+        # distorted GT: one of the K variants of distortions.h5 (cached) or drawn fresh per sample and
+        # epoch in the loader workers, as the released code does (online); optional, default cached
+        "distortion": _choice("cached", "online"),
         "topk": _int(1),
         "instance_edges": _bool,
         "num_workers": _int(0),
     },
     "model": {
-        "ngf": _int(1),
-        "norm": lambda v: _choice(*norm_names())(v),  # the registry in resail_train/norms
-        "norm_hidden": _int(1),
-        "num_upsampling": _int(0),
-        "ndf": _int(1),
-        "n_layers_D": _int(1),
-        "num_D": _int(1),
+        "ngf": _bounded("model.ngf"),
+        "norm": lambda v: _choice(*norm_names())(v),  # the registry in resail_train/models/norms
+        "norm_hidden": _bounded("model.norm_hidden"),
+        "num_upsampling": _bounded("model.num_upsampling"),
+        "ndf": _bounded("model.ndf"),
+        "n_layers_D": _bounded("model.n_layers_D"),
+        "num_D": _bounded("model.num_D"),
     },
     "optim": {
-        "batch_size": _int(1),
+        "batch_size": _bounded("optim.batch_size"),
         "epochs": _int(1),
         "decay_epochs": _int(0),
         "lr_G": _float(0.0),
@@ -158,9 +202,9 @@ SCHEMA: dict[str, Any] = {
     },
     "segnet": {
         "path": _optional(_str),
-        "base_width": _int(2),
+        "base_width": _bounded("segnet.base_width"),
         "spectral": _bool,
-        "batch_size": _int(1),
+        "batch_size": _bounded("segnet.batch_size"),
         "epochs": _int(1),
         "lr": _float(0.0),
         "val_split": _optional(_str),
@@ -172,8 +216,8 @@ SCHEMA: dict[str, Any] = {
         "n_samples": _int(1),
         "latest_every": _int(1),
         "checkpoint_every": _int(1),
-        "fid_every": _int(0),  # helper D (issue 11): validation FID every N steps, checkpoints/best.pt; 0 = off
-        "fid_images": _int(2),  # the fixed validation subset (first N images of fid_split)
+        "fid_every": _int(0),  # validation FID every N steps, checkpoints/best.pt; 0 = off
+        "fid_images": _optional(_int(2)),  # the fixed validation subset (first N images of fid_split); null = all
         "fid_split": _str,
     },
 }
@@ -313,10 +357,11 @@ def apply_overrides(data: dict, overrides: Iterable[str] | dict | None, source: 
 LEGACY_DEFAULTS: dict[str, Any] = {
     "data.guidance_mode": "retrieval+distorted-gt",  # the two passes every earlier run trained with
     "loss.vgg_input": "imagenet",  # earlier runs standardised the VGG input with the ImageNet mean/std
-    "data.allow_resize": False,  # helper B (issue 12): the cache resolution check applies unless set
-    "log.fid_every": 0,  # helper D (issue 11): no validation FID unless asked for
+    "data.allow_resize": False,  # the cache resolution check applies unless set
+    "log.fid_every": 0,  # no validation FID unless asked for
     "log.fid_images": 50,
     "log.fid_split": "val",
+    "data.distortion": "cached",  # the pre-generated variants every earlier run read
 }
 
 
@@ -367,8 +412,6 @@ def validate(data: dict, source: str) -> dict:
     factor = 2 ** v["model"]["num_upsampling"]
     if crop[0] % factor or crop[1] % factor:
         raise ConfigError(source, f"data.crop_size {crop} must be divisible by 2**model.num_upsampling = {factor}")
-    if v["model"]["num_upsampling"] > 7:
-        raise ConfigError(source, "model.num_upsampling must be <= 7")
     if v["optim"]["decay_epochs"] > v["optim"]["epochs"]:
         raise ConfigError(source, "optim.decay_epochs must not exceed optim.epochs")
     return v

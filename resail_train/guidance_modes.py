@@ -27,11 +27,11 @@ The five rows of Table 4 (Cityscapes; columns "retrieval guidance" × "ground tr
                                    seg; retrieval → GAN+seg
 ================================  ==========================  ======================  =============
 
-Guidance sources (keys of the training batch, produced by :class:`resail_train.data.CacheDataset`):
+Guidance sources (keys of the training batch, produced by :class:`resail_train.training.data.CacheDataset`):
 
 * ``retrieval`` → ``guidance``: the composite of ``guidance.h5`` (or a top-k draw, ``data.guidance_sampling``);
 * ``distorted-retrieval`` → ``guidance_distorted``: that composite with every pasted segment distorted
-  by the ground-truth distortion functions (:mod:`pipeline.distortions`), on line, seeded per (image, epoch);
+  by the ground-truth distortion functions (:mod:`pipeline.distort.distortions`), on line, seeded per (image, epoch);
 * ``distorted-gt`` → ``distorted``: one variant of ``distortions.h5``;
 * ``original-gt`` → ``original_gt``: the undistorted real image, black where the retrieval guidance is
   black (so it has the same holes as the guidance it stands in for).

@@ -8,11 +8,11 @@ label map that need not be in the database it
    ``resail retrieve`` / ``resail compose`` stages, no image excluded), chooses one candidate per
    segment (rank 0 = best, or the editing choices below) and composes the guidance image at the
    **label map's own resolution** (the four paste rules);
-2. resizes labels (nearest, :func:`pipeline.segments.nearest_indices`), guidance (bicubic) and
+2. resizes labels (nearest, :func:`pipeline.decompose.segments.nearest_indices`), guidance (bicubic) and
    instances (nearest) to the generator's size — by default the run's ``data.crop_size``: the
    whole map is resized to ``crop_size`` (aspect changes when the map's aspect differs), which is
    SPADE's/the paper's test protocol (ADE20K/COCO-Stuff 256×256, Cityscapes 512×256). These are the
-   same resize functions the training data loader uses (:func:`resail_train.data.apply_geometry`),
+   same resize functions the training data loader uses (:func:`resail_train.training.data.apply_geometry`),
    so a training-size map goes through exactly the training pre-processing;
 3. one-hot encodes the labels with the dataset's lookup table (``ClassMeta.lookup_table``; void →
    all-zero), adds the instance edge map when the run was trained with ``data.instance_edges``
@@ -32,7 +32,7 @@ Editing (paper Fig. 6–7):
 
 * **local** — ``overrides={segment index: R}``: that segment pastes its rank-``R`` candidate, the
   others rank ``rank``. A segment is named by its index in the decomposition of the map
-  (:func:`pipeline.segments.decompose` order: class id, then instance id, then connected components
+  (:func:`pipeline.decompose.segments.decompose` order: class id, then instance id, then connected components
   in raster order; :meth:`Synthesizer.segments` lists them) or by a pixel with
   :meth:`Synthesizer.segment_at` / ``resolve_overrides`` (``{(x, y): R}``): the segment containing it.
 * **global** — ``rank=R``: every segment pastes its rank-``R`` candidate.
@@ -42,12 +42,27 @@ Editing (paper Fig. 6–7):
   image with at least one retrieval candidate, else :class:`~pipeline.errors.ConfigError`.
 
 A rank a segment does not have leaves it black (as ``resail compose --rank``).
+
+Several images for one map (:meth:`Synthesizer.samples`, ``guidance(..., temperature=T, sample=i)``):
+sample ``i`` draws every segment's candidate from its top-k by a softmax over −score/T
+(:func:`pipeline.online.draw_ranks`) with the numpy Generator ``sample_rng(seed, i)``; explicit
+``overrides`` still win. The generator then runs with the same torch seed for every sample, so the
+samples differ only through their guidance. T → 0 draws rank 0 everywhere: the same bytes as
+today's synthesis.
+
+Appearance from a photo (``reference_photo=`` a :class:`pipeline.online.PhotoReference` from
+:meth:`Synthesizer.photo_reference`): each segment takes the best-scoring segment of its class cut
+from the photo (the photo decomposed with the cache's settings, searched with the same score); a
+segment without one falls back to the database (rank ``rank``, or explicit ``overrides``) or, with
+``strict=True``, stays black. Explicit ``overrides`` win over the photo. When the photo and its label
+(and instance) map are those of a database image, this equals ``reference=IMAGE_ID`` for every
+segment whose best match in that image is among its database top-k (``reference=`` only looks
+there and otherwise keeps rank 0; the photo path is not limited to the top-k).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -55,22 +70,22 @@ from typing import Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 import torch
-import yaml
 
 from pipeline.datasets.base import ClassMeta
 from pipeline.errors import CacheError, ConfigError, DataError
-from pipeline.online import OnlineGuidance, OnlineResult, choose
-from pipeline.composition import compose_guidance
-from pipeline.segments import Segment
+from pipeline.online import (OnlineGuidance, OnlineResult, PhotoReference, check_samples, check_temperature, choose,
+                             sample_rng, with_photo)
+from pipeline.compose.composition import compose_guidance
+from pipeline.decompose.segments import Segment
 from resail_train import checkpoint as ckpt
 from resail_train.config import TrainConfig, config_from_dict
-from resail_train.data import Geometry, apply_geometry, instance_edges, rgb_to_tensor, tensor_to_rgb
-from resail_train.models import build_generator
-from resail_train.trainer import GENERATOR_FILE, onehot, resolve_device
+from resail_train.training.data import Geometry, apply_geometry, instance_edges, rgb_to_tensor, tensor_to_rgb
+from resail_train.models.build import build_generator
+from resail_train.checkpoint import recorded_cache_dir
+from resail_train.runtime import onehot, resolve_device
 
 __all__ = ["Synthesizer", "SegmentInfo", "recorded_cache_dir", "read_generator", "parse_pixel"]
 
-_CACHE_KEYS = ("cache_dir", "cache")
 
 
 # --------------------------------------------------------------------------- run folder
@@ -93,47 +108,6 @@ def read_generator(run_dir: str | Path, checkpoint: str | Path | None = "latest"
     if missing or obj.get("kind", "resail-generator") != "resail-generator":
         raise CacheError(path, f"not a RESAIL generator file (missing {', '.join(missing) or 'kind'})")
     return obj, path
-
-
-def recorded_cache_dir(run_dir: str | Path) -> Path | None:
-    """The stage cache a run was trained on, where the run folder records it.
-
-    Looked up in ``train_summary.json``, ``generator.pt``, ``config.yaml`` (keys ``cache_dir`` or
-    ``cache``) and ``eval_details.json`` (``cache_dir``, written by ``resail evaluate``).
-    """
-    run_dir = Path(run_dir)
-    cands: list = []
-    for name in ("train_summary.json", "eval_details.json"):
-        p = run_dir / name
-        if p.is_file():
-            try:
-                d = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(d, dict):
-                cands += [d.get(k) for k in _CACHE_KEYS]
-                det = d.get("details")
-                if isinstance(det, dict):
-                    cands.append(det.get("cache_dir"))
-    p = run_dir / "config.yaml"
-    if p.is_file():
-        try:
-            d = yaml.safe_load(p.read_text())
-            if isinstance(d, dict):
-                cands += [d.get(k) for k in _CACHE_KEYS]
-        except (OSError, yaml.YAMLError):
-            pass
-    g = run_dir / GENERATOR_FILE
-    if g.is_file() and not any(cands):
-        try:
-            obj = ckpt.load_checkpoint(g)
-            cands += [obj.get(k) for k in _CACHE_KEYS]
-        except CacheError:
-            pass
-    for c in cands:
-        if isinstance(c, str) and c:
-            return Path(c)
-    return None
 
 
 def parse_pixel(text: str) -> tuple[int, int] | None:
@@ -340,13 +314,29 @@ class Synthesizer:
             out[k] = int(r)
         return out
 
+    def photo_reference(self, image: np.ndarray, labels: np.ndarray, instances: np.ndarray | None = None,
+                        source=None) -> PhotoReference:
+        """A photo (H×W×3 uint8 RGB) + its label map as candidates (:meth:`OnlineGuidance.photo_reference`)."""
+        return self.online.photo_reference(image, labels, instances, source)
+
     def guidance(self, labels: np.ndarray, instances: np.ndarray | None = None, *, rank: int = 0,
-                 overrides: Mapping | None = None, reference: str | None = None, source=None) -> OnlineResult:
-        """Retrieval guidance at the label map's resolution with the editing choices applied."""
+                 overrides: Mapping | None = None, reference: str | None = None, source=None,
+                 temperature: float | None = None, seed: int = 0, sample: int = 0,
+                 reference_photo: PhotoReference | None = None, strict: bool = False) -> OnlineResult:
+        """Retrieval guidance at the label map's resolution with the editing choices applied.
+
+        ``temperature``: sample ``sample`` of the drawn choices (module docstring; ``rank`` must be 0);
+        ``reference_photo``/``strict``: appearance from a photo (module docstring)."""
         import time
 
         if int(rank) < 0:
             raise ConfigError(None, f"rank must be >= 0, got {rank}")
+        if temperature is not None:
+            temperature = check_temperature(temperature)
+            if int(rank) != 0:
+                raise ConfigError(None, "drawn samples (temperature) take no global rank")
+        if reference is not None and reference_photo is not None:
+            raise ConfigError(None, "give a reference image id or a reference photo, not both")
         t0 = time.perf_counter()
         labels = np.asarray(labels)
         inst = None if instances is None else np.asarray(instances)
@@ -354,12 +344,19 @@ class Synthesizer:
         segs, top = self._retrieve(labels, inst)
         t1 = time.perf_counter()
         ov = self.reference_overrides(segs, top, reference) if reference is not None else {}
-        ov.update(self.resolve_overrides(segs, overrides, source))
-        matches = choose(top, len(segs), int(rank), ov)
-        crops = [None if c < 0 else self.online.crop(int(c)) for c in matches.tolist()]
+        explicit = self.resolve_overrides(segs, overrides, source)
+        ov.update(explicit)
+        rng = None if temperature is None else sample_rng(seed, sample)
+        matches = choose(top, len(segs), int(rank), ov, temperature=temperature, rng=rng)
+        pm = None
+        if reference_photo is not None:
+            matches, pm = with_photo(matches, self.online.photo_topk(reference_photo, segs), explicit, strict)
+        crops = [reference_photo.crops[int(pm[i])] if pm is not None and pm[i] >= 0 else
+                 None if c < 0 else self.online.crop(int(c)) for i, c in enumerate(matches.tolist())]
         g, valid = compose_guidance(labels, self.meta, segs, crops)
         t2 = time.perf_counter()
-        return OnlineResult(g, valid, segs, top, matches, {"retrieve": t1 - t0, "compose": t2 - t1, "total": t2 - t0})
+        return OnlineResult(g, valid, segs, top, matches, {"retrieve": t1 - t0, "compose": t2 - t1, "total": t2 - t0},
+                            photo_matches=pm)
 
     # ---------------------------------------------------------------- generation
     def prepare(self, labels: np.ndarray, guidance: np.ndarray, instances: np.ndarray | None = None
@@ -408,8 +405,22 @@ class Synthesizer:
 
     def synthesize(self, labels: np.ndarray, instances: np.ndarray | None = None, *, rank: int = 0,
                    overrides: Mapping | None = None, reference: str | None = None, seed: int = 0,
-                   source=None) -> tuple[np.ndarray, np.ndarray, OnlineResult]:
+                   source=None, temperature: float | None = None, sample: int = 0,
+                   reference_photo: PhotoReference | None = None, strict: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, OnlineResult]:
         """(image H×W×3 uint8, guidance H×W×3 uint8, OnlineResult) for a label map (H×W class ids)."""
-        res = self.guidance(labels, instances, rank=rank, overrides=overrides, reference=reference, source=source)
+        res = self.guidance(labels, instances, rank=rank, overrides=overrides, reference=reference, source=source,
+                            temperature=temperature, seed=seed, sample=sample, reference_photo=reference_photo,
+                            strict=strict)
         img = self.render(labels, res.guidance, instances, seed)
         return img, res.guidance, res
+
+    def samples(self, labels: np.ndarray, instances: np.ndarray | None = None, n: int = 4, *,
+                temperature: float = 1.0, seed: int = 0, overrides: Mapping | None = None, source=None
+                ) -> list[tuple[np.ndarray, np.ndarray, OnlineResult]]:
+        """``n`` (1…64) different syntheses of one map: sample ``i`` = ``synthesize(...,
+        temperature=temperature, seed=seed, sample=i)`` (module docstring)."""
+        n = check_samples(n)
+        temperature = check_temperature(temperature)
+        return [self.synthesize(labels, instances, overrides=overrides, seed=seed, source=source,
+                                temperature=temperature, sample=i) for i in range(n)]

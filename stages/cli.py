@@ -1,4 +1,4 @@
-"""The ``resail`` command: one click group, one subcommand per stage.
+"""The ``resail`` command: one click group, one subcommand per module of ``stages/``.
 
 Expected failures (:class:`pipeline.errors.ResailError`) print one line ``error: <file>: <problem>``
 and exit with status 1; only bugs print a traceback.
@@ -10,6 +10,8 @@ import sys
 import click
 
 from pipeline.errors import ResailError
+from stages import (bench, black_share, compare, compose, contact_sheet, decompose, diagnostics, distort, edit,
+                    evaluate, export, fid, labels, report, retrieve, score, studio, synthesize, train, train_segnet)
 from stages.params import Params, apply_limits, load_params
 
 
@@ -35,24 +37,12 @@ def main(ctx: click.Context, params_file: str | None) -> None:
     apply_limits(ctx.obj)  # limits.max_pixels → every reader, workers included
 
 
-def _register() -> None:
-    from stages import bench, compose, contact_sheet, decompose, distort, retrieve, synthesize, train
-    from stages import studio
+for _command in (decompose.command, contact_sheet.command, retrieve.command, compose.command, distort.command,
+                 *train_segnet.commands, train.command, synthesize.command, edit.command, evaluate.command,
+                 report.command, export.command, fid.command, score.command, labels.command, compare.command, studio.command,
+                 diagnostics.command, black_share.command, bench.command):
+    main.add_command(_command)
 
-    for mod in (decompose, contact_sheet, retrieve, compose, distort):
-        main.add_command(mod.command)
-    for cmd in (*train.commands, *synthesize.commands, bench.command):
-        main.add_command(cmd)
-    main.add_command(studio.command)
-    from stages import fid as fid_command  # resail fid DIR_A DIR_B
-
-    main.add_command(fid_command.command)
-    from stages import compare as compare_command  # resail compare RUN … / --exps
-
-    main.add_command(compare_command.command)
-
-
-_register()
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """``resail compare RUN … --out DIR`` and ``resail compare --exps``: one page comparing runs.
 
-Thin CLI over :mod:`resail_train.compare`: writes ``DIR/index.html`` (self-contained) and
-``DIR/compare.md``.
+Thin CLI over :mod:`resail_train.reporting.compare`: writes ``DIR/index.html`` (self-contained) and
+``DIR/compare.md``. Runs that differ only in seeds are aggregated (mean ± sd, n); runs evaluated
+with their best checkpoint too show it in columns of its own.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import click
 
 from pipeline.errors import ResailError
+from stages.options import cache_option, count
 from stages.params import Params
 
 
@@ -24,15 +26,14 @@ from stages.params import Params
               help="folder for index.html and compare.md")
 @click.option("--table", default="auto", show_default=True,
               help="paper table beside the runs: 3 | 4 | A | B | auto (from the param that differs) | none")
-@click.option("--images", "n_images", type=int, default=4, show_default=True,
+@click.option("--images", "n_images", type=count(0), default=4, show_default=True,
               help="validation images in the strip (ids every run synthesised)")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
-              help="stage cache for label maps / real images in the strip [default: the one the runs recorded]")
+@cache_option("stage cache for label maps / real images in the strip [default: the one the runs recorded]")
 @click.option("--name", "names", multiple=True, help="display name per RUN, in order (default: folder name)")
 @click.pass_obj
 def command(p: Params, runs, exps, repo, no_baseline, out_dir, table, n_images, cache_dir, names) -> None:
     """Compare training runs: params that differ, FID / mIoU / accuracy, paper numbers, curves, images."""
-    from resail_train.compare import load_exps, load_run, write_compare
+    from resail_train.reporting.compare import load_exps, load_run, write_compare
 
     notes: list[str] = []
     if exps:
@@ -49,5 +50,6 @@ def command(p: Params, runs, exps, repo, no_baseline, out_dir, table, n_images, 
     for n in notes:
         click.echo(f"compare: {n}", err=True)
     diff = ", ".join(res.differing) or "none"
+    seeds = f"; {res.n_seed_groups} seed group(s) (mean ± sd)" if res.n_seed_groups else ""
     click.echo(f"compare: {res.n_runs} runs, differing params: {diff}; paper table "
-               f"{res.table or 'none'}; {res.n_protocols} protocol(s); {res.n_images} image strips → {res.html}")
+               f"{res.table or 'none'}; {res.n_protocols} protocol(s){seeds}; {res.n_images} image strips → {res.html}")

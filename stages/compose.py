@@ -4,29 +4,27 @@ from __future__ import annotations
 import click
 
 from pipeline.datasets import FORMATS
-from pipeline.guidance import PREVIEW_DIR, compose_dataset, preview, recorded_source
+from pipeline.compose.build import PREVIEW_DIR, compose_dataset, preview, recorded_source
+from stages.options import (PREVIEW_MAX, backend_option, cache_option, count, data_root_option, format_option,
+                            jobs_option, progress_option, rank_option, scheduler_option)
 from stages.params import Params
 
 
 @click.command("compose")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
-              help="cache folder [default: datasets_cache/<dataset.name>]")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="dataset root [default: recorded by decompose, then params dataset.root]")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="dataset layout [default: recorded by decompose, then params dataset.format]")
-@click.option("--rank", type=int, default=None,
-              help="retrieval rank to paste, 0 = best; queries without that rank stay black [params: compose.rank; 0]")
-@click.option("--jobs", type=int, default=None, help="parallel workers, 0 = all cores [params: compose.jobs; 1]")
-@click.option("--backend", type=click.Choice(["loky", "threads", "dask"]), default=None,
-              help="[params: compose.backend; loky]")
-@click.option("--scheduler", default=None, help="dask-distributed scheduler address (with --backend dask)")
-@click.option("--preview", "n_preview", type=int, default=None,
+@cache_option()
+@data_root_option("dataset root [default: recorded by decompose, then params dataset.root]")
+@format_option("dataset layout [default: recorded by decompose, then params dataset.format]", choices=FORMATS)
+@rank_option("retrieval rank to paste, 0 = best, below the retrieval's k; queries without that rank stay black "
+             "[params: compose.rank; 0]")
+@jobs_option("parallel workers, 0 = all cores [params: compose.jobs; 1]")
+@backend_option("[params: compose.backend; loky]")
+@scheduler_option()
+@click.option("--preview", "n_preview", type=count(0, PREVIEW_MAX), default=None,
               help=f"write N PNGs (labels | guidance | image) to CACHE/{PREVIEW_DIR} [params: compose.preview; 0]")
-@click.option("--progress/--no-progress", default=True)
+@progress_option()
 @click.pass_obj
 def command(p: Params, cache_dir, data_root, fmt, rank, jobs, backend, scheduler, n_preview, progress) -> None:
-    """Paste each segment's retrieved segment into the guidance image (method.md §3)."""
+    """Paste each segment's retrieved segment into the guidance image (docs/method.md §3)."""
     cache_dir = p.dataset_cache(cache_dir)
     rec_fmt, rec_root = recorded_source(cache_dir)
     fmt = fmt or rec_fmt or p.get("dataset", "format", None, "folder")

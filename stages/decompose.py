@@ -6,24 +6,28 @@ import click
 from pipeline.datasets import FORMATS, open_dataset, option_names
 from pipeline.datasets.ade20k import SUBSETS
 from pipeline.datasets.cityscapes import LABEL_SPACES
-from pipeline.decomposition import DecomposeParams, build_segment_db
-from pipeline.segments import PRUNING_MODES
+from pipeline.decompose.build import DecomposeParams, build_segment_db
+from pipeline.decompose.segments import PRUNING_MODES
+from stages.options import (MASK_SIZE_MAX, backend_option, count, data_root_option, format_option, jobs_option,
+                            palette_option, progress_option, scheduler_option)
 from stages.params import Params, split_list
 
 
 @click.command("decompose")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="dataset layout [params: dataset.format]")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None, help="dataset root [params: dataset.root]")
+@format_option("dataset layout [params: dataset.format]", choices=FORMATS)
+@data_root_option("dataset root [params: dataset.root]")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="cache folder [default: datasets_cache/<dataset.name>]")
 @click.option("--splits", default=None, help="comma-separated splits [params: dataset.splits; default: all]")
-@click.option("--jobs", type=int, default=None, help="parallel workers, 0 = all cores [params: decompose.jobs]")
-@click.option("--backend", type=click.Choice(["loky", "threads", "dask"]), default=None, help="[params: decompose.backend]")
-@click.option("--scheduler", default=None, help="dask-distributed scheduler address (with --backend dask)")
+@jobs_option("parallel workers, 0 = all cores [params: decompose.jobs]")
+@backend_option("[params: decompose.backend]")
+@scheduler_option()
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default=None,
               help="fail at the first bad sample, or skip it and list it in skipped.json [params: decompose.on_error]")
-@click.option("--min-area", type=int, default=None)
-@click.option("--mask-size", type=int, default=None)
+@click.option("--min-area", type=count(0), default=None,
+              help="segments with fewer pixels are dropped [params: decompose.min_area; 16]")
+@click.option("--mask-size", type=count(8, MASK_SIZE_MAX), default=None,
+              help="S of the S×S normalised masks, a multiple of 8 [params: decompose.mask_size; 128]")
 @click.option("--preserved-ratio", type=float, default=None,
               help="share of a class's area the kept largest segments cover [params: decompose.preserved_ratio; 0.9]")
 @click.option("--pruning", type=click.Choice(PRUNING_MODES), default=None,
@@ -36,10 +40,12 @@ from stages.params import Params, split_list
               help="cityscapes: the 34 labelIds (SPADE/released code) or the 19 trainIds [params: dataset.label_space]")
 @click.option("--subset", type=click.Choice(SUBSETS), default=None,
               help="ade20k: all images, or ADE20K-outdoor by sceneCategories.txt [params: dataset.subset]")
-@click.option("--progress/--no-progress", default=True)
+@palette_option("folder: label PNGs may be colour maps read through this palette (cityscapes | ade20k | coco-stuff | "
+                "PATH.json; recorded, later stages read the same way) [params: dataset.palette]")
+@progress_option()
 @click.pass_obj
 def command(p: Params, fmt, data_root, out, splits, jobs, backend, scheduler, on_error, min_area, mask_size,
-            preserved_ratio, pruning, resize, label_space, subset, progress) -> None:
+            preserved_ratio, pruning, resize, label_space, subset, palette, progress) -> None:
     """Split every image into segments (things per instance, stuff per connected component)."""
     fmt = p.get("dataset", "format", fmt, "folder")
     data_root = p.get("dataset", "root", data_root)
@@ -56,7 +62,7 @@ def command(p: Params, fmt, data_root, out, splits, jobs, backend, scheduler, on
         pruning=str(p.get("decompose", "pruning", pruning, "image")),
     )
     out_dir = p.dataset_cache(out)
-    adapter = open_dataset(fmt, data_root, adapter_options(p, fmt, label_space=label_space, subset=subset),
+    adapter = open_dataset(fmt, data_root, adapter_options(p, fmt, label_space=label_space, subset=subset, palette=palette),
                            resize=p.get("decompose", "resize", resize))
     summary = build_segment_db(
         adapter, out_dir, splits=split_list(p.get("dataset", "splits", splits)), params=params,

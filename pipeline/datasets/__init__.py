@@ -38,6 +38,26 @@ def open_dataset(fmt: str, root: str | Path, options: dict[str, str | None] | No
     return adapter if spec is None else ResizedAdapter(adapter, spec)
 
 
+def class_list(spec: str) -> tuple[str, ClassMeta]:
+    """A class list by name, for label maps given without a dataset (``resail score --dataset``,
+    ``resail labels check --dataset``): ``cityscapes`` (labelIds 0..33, 255 void) | ``ade20k``
+    (1..150, 0 void) | ``coco-stuff`` (0..181, 255 unlabeled) | ``folder:CLASSES.json`` → (name, meta)."""
+    from pipeline.datasets import ade20k, cityscapes, coco_stuff
+    from pipeline.errors import ConfigError
+
+    spec = str(spec or "").strip()
+    if spec == "cityscapes":
+        return spec, cityscapes.LABEL_ID_META
+    if spec == "ade20k":
+        return spec, ClassMeta.from_json_file(ade20k.CLASSES_FILE)
+    if spec == "coco-stuff":
+        return spec, ClassMeta.from_json_file(coco_stuff.CLASSES_FILE)
+    if spec.startswith("folder:"):
+        meta = ClassMeta.from_json_file(Path(spec[len("folder:"):]))
+        return meta.dataset, meta
+    raise ConfigError(None, f"--dataset {spec!r}: expected cityscapes, ade20k, coco-stuff or folder:CLASSES.json")
+
+
 def option_names() -> dict[str, list[str]]:
     """Every adapter option name → the formats that accept it (for CLI help and checks)."""
     out: dict[str, list[str]] = {}
@@ -48,4 +68,4 @@ def option_names() -> dict[str, list[str]]:
 
 
 __all__ = ["ClassInfo", "ClassMeta", "DatasetAdapter", "Sample", "SampleRef", "ResizeSpec", "ResizedAdapter",
-           "open_dataset", "option_names", "FORMATS"]
+           "open_dataset", "option_names", "class_list", "FORMATS"]

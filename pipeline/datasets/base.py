@@ -175,6 +175,18 @@ def max_pixels() -> int:
         raise ConfigError(None, f"${MAX_PIXELS_ENV} must be an integer number of pixels, got {raw!r}") from None
 
 
+def check_target_size(height: int, width: int, what: str, cap: int | None = None) -> None:
+    """:class:`ConfigError` when a size asked for (a resize target: ``--size``, ``--resize``) has more
+    pixels than the readers' cap (``cap``, default :func:`max_pixels`): an image that large could not be
+    read back, and making it can take more memory than the machine has. ``what`` names the value."""
+    cap = max_pixels() if cap is None else int(cap)
+    n = int(height) * int(width)
+    if n > cap:
+        shown = f"{n / 1e6:.1f}" if n >= 100_000 else f"{n / 1e6:g}"
+        raise ConfigError(None, f"{what} is {shown} Mpx, above the pixel cap of {cap / 1e6:g} Mpx "
+                                f"(raise limits.max_pixels in params.yaml or ${MAX_PIXELS_ENV})")
+
+
 def _png_size(data: bytes) -> tuple[int, int] | None:
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         return struct.unpack(">II", data[16:24])  # (width, height)
@@ -294,15 +306,62 @@ def read_image_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
+def _png_format(data: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR (None for other files)."""
+    if _png_size(data) is None or len(data) < 26:
+        return None
+    return data[24], data[25]
+
+
+def _read_palette_png(data: bytes, path: Path, what: str) -> np.ndarray | None:
+    """A palette PNG's stored values (ids), through PIL (OpenCV only returns the palette colours).
+
+    When every used palette entry is grey, the image is a grey map that an optimiser stored with a
+    palette, and its grey levels are the ids (as before). Otherwise the palette only colours the
+    picture (VOC-style label maps) and the indices are the ids. None: PIL did not see a palette."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                if im.mode != "P":
+                    return None
+                idx = np.asarray(im, dtype=np.uint8)
+                pal = np.asarray(im.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    except Exception:  # noqa: BLE001 (PIL raises many kinds for corrupt data)
+        raise DataError(path, f"unreadable or corrupt {what}") from None
+    used = np.unique(idx)
+    if used.size and int(used[-1]) < len(pal) and (pal[used, 0] == pal[used, 1]).all() \
+            and (pal[used, 1] == pal[used, 2]).all():
+        return pal[:, 0][idx]
+    return idx
+
+
 def read_index_map(path: Path, what: str = "label map") -> np.ndarray:
-    """Read a single-channel integer PNG (8 or 16 bit) unchanged, as int64 (at most
-    :func:`max_pixels` pixels, checked from the header before decoding)."""
+    """Read a single-channel integer PNG unchanged, as int64 (at most :func:`max_pixels` pixels,
+    checked from the header before decoding).
+
+    The ids are the values the file stores: 8 and 16 bit grey as decoded; 1, 2 and 4 bit grey
+    (which decoders scale to 8 bit: 4-bit 3 becomes 51) divided back; palette PNGs by
+    :func:`_read_palette_png`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, f"{what} is missing")
     data = path.read_bytes()
     _check_pixels(path, data, what)
+    fmt = _png_format(data)
+    if fmt is not None and fmt[1] == 3:  # palette
+        arr = _read_palette_png(data, path, what)
+        if arr is not None:
+            return arr.astype(np.int64)
     arr = _decode_strict(data, path, data[:2] == b"\xff\xd8")
+    if fmt is not None and fmt[1] == 0 and fmt[0] in (1, 2, 4) and arr is not None and arr.ndim == 2:
+        # libpng expands low-bit grey by bit replication, v * 255 / (2**depth - 1): undo it exactly.
+        scale = 255 // ((1 << fmt[0]) - 1)
+        if arr.dtype != np.uint8 or (arr % scale).any():
+            raise DataError(path, f"{what}: {fmt[0]}-bit grey PNG decoded to unexpected values")
+        arr = arr // scale
     if arr is None or arr.size == 0:
         raise DataError(path, f"unreadable or corrupt {what}")
     if arr.ndim == 3:
@@ -365,6 +424,11 @@ class DatasetAdapter(ABC):
         """Raw instance PNG values → per-image unique object ids, 0 = none (identity by default)."""
         return raw
 
+    def read_labels(self, ref: SampleRef) -> np.ndarray:
+        """The raw label file of a sample as H×W ids (a single-channel PNG by default; the ``folder``
+        layout reads colour maps through its ``palette`` option)."""
+        return read_index_map(ref.label, "label map")
+
     def read_instances(self, ref: SampleRef) -> np.ndarray:
         """The raw instance file of a sample as an H×W(×C) array (a single-channel PNG by default;
         layouts with colour-coded instance files override this)."""
@@ -382,7 +446,7 @@ class DatasetAdapter(ABC):
     def load(self, ref: SampleRef) -> Sample:
         """Read and validate one sample; every problem is a :class:`DataError` naming the file."""
         image = read_image_rgb(ref.image)
-        raw = read_index_map(ref.label, "label map")
+        raw = self.read_labels(ref)
         if raw.shape != image.shape[:2]:
             raise DataError(ref.label, f"label size {raw.shape[1]}x{raw.shape[0]} does not match image size "
                                        f"{image.shape[1]}x{image.shape[0]} ({ref.image.name})")

@@ -1,9 +1,20 @@
-"""The project's generic layout: ``<root>/<split>/{images,labels,instances}`` + ``classes.json``."""
+"""The project's generic layout: ``<root>/<split>/{images,labels,instances}`` + ``classes.json``.
+
+Adapter option ``palette`` (``cityscapes`` | ``ade20k`` | ``coco-stuff`` | a palette JSON path, see
+:mod:`pipeline.datasets.palette`): label PNGs may be colour maps, read through that palette into the
+class ids of ``classes.json`` (single-channel label PNGs are still read as ids). Without it (the
+default, not recorded) label PNGs must hold class ids.
+"""
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
+
+import numpy as np
 
 from pipeline.datasets.base import ClassMeta, DatasetAdapter, SampleRef, list_images
+from pipeline.datasets.palette import NAMES as PALETTE_NAMES
+from pipeline.datasets.palette import load_palette, read_label_map
 from pipeline.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -18,6 +29,27 @@ def ordered_splits(names: list[str]) -> list[str]:
 
 class FolderAdapter(DatasetAdapter):
     format = "folder"
+    #: ``palette`` accepts these names or a palette JSON path; it is absent from ``options`` unless given
+    option_choices = {"palette": PALETTE_NAMES}
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, str | None]) -> dict[str, str]:
+        options = dict(options)
+        palette = options.pop("palette", None)
+        out = super().resolve_options(options)
+        out.pop("palette", None)
+        if palette is not None and str(palette).strip().lower() not in ("", "none"):
+            load_palette(palette)  # a bad name or file is one ConfigError line now, not per sample
+            name = str(palette).strip()
+            out["palette"] = name.lower() if name.lower() in PALETTE_NAMES else str(Path(name).resolve())
+        return out
+
+    @cached_property
+    def _palette(self):
+        return load_palette(self.options.get("palette"))
+
+    def read_labels(self, ref: SampleRef) -> np.ndarray:
+        return read_label_map(ref.label, self._palette, "label map", self._meta)
 
     @cached_property
     def _meta(self) -> ClassMeta:

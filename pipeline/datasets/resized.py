@@ -1,4 +1,4 @@
-"""The working resolution of a cache (``resail decompose --resize``; issue 12).
+"""The working resolution of a cache (``resail decompose --resize``).
 
 A dataset is decomposed once at the size the model trains at, so no later stage touches pixels
 the model never sees. :class:`ResizeSpec` is the parsed option — ``HxW`` (every image to that
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pipeline.datasets.base import ClassMeta, DatasetAdapter, Sample, SampleRef
+from pipeline.datasets.base import ClassMeta, DatasetAdapter, Sample, SampleRef, check_target_size
 from pipeline.errors import ConfigError
 
 _FIXED = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
@@ -31,8 +31,11 @@ class ResizeSpec:
     short_side: int | None = None
 
     @classmethod
-    def parse(cls, value: str | int | None) -> "ResizeSpec | None":
-        """``None``/``""``/``"original"`` → None (original size); ``"256x512"`` (H×W) or ``256``."""
+    def parse(cls, value: str | int | None, *, what: str = "resize", cap: int | None = None) -> "ResizeSpec | None":
+        """``None``/``""``/``"original"`` → None (original size); ``"256x512"`` (H×W) or ``256``.
+
+        The smallest output the spec can make (H·W, or S·S) must be within the pixel cap (``cap``,
+        default :func:`pipeline.datasets.base.max_pixels`); ``what`` names the value in the errors."""
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "original", "none", "null")):
             return None
         if isinstance(value, bool):
@@ -49,6 +52,8 @@ class ResizeSpec:
             raise ConfigError(None, f"resize must be HxW (e.g. 256x512) or a shorter side S (e.g. 256), got {value!r}")
         if min(v for v in (spec.height, spec.width, spec.short_side) if v is not None) < 1:
             raise ConfigError(None, f"resize sizes must be positive, got {value!r}")
+        side = spec.short_side
+        check_target_size(side or spec.height, side or spec.width, f"{what} {text.strip()}".strip(), cap)
         return spec
 
     def __str__(self) -> str:

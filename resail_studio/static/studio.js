@@ -1,4 +1,4 @@
-// RESAIL studio page: plain JS over the JSON API (see README "Studio"). No build step.
+// RESAIL studio page: plain JS over the JSON API (see docs/studio.md). No build step.
 // Data strings are only ever put into the page with textContent / attributes, never as HTML.
 "use strict";
 
@@ -136,6 +136,7 @@ function bindControls() {
     edit("PUT", "reference", { image_id: v || null });
   });
   $("upload-form").addEventListener("submit", (e) => { e.preventDefault(); upload(); });
+  bindVariety();
   for (const id of ["stage-labels", "stage-guidance", "stage-image"]) {
     const st = $(id);
     st.addEventListener("pointerdown", (e) => pointerDown(e, st));
@@ -247,6 +248,7 @@ function render(st) {
   renderHistory(st);
   if (S.selected !== null && S.selected < st.segments.length) showCandidates(S.selected);
   else { S.selected = null; $("candidates-card").hidden = true; clearOverlays(); }
+  renderVariety(st);
   void t0;
 }
 
@@ -440,3 +442,51 @@ function pointerUp() {
 }
 
 init();
+
+// ------------------------------------------------------------------ variety: shuffle, samples, reference photo
+function temperature() { const t = parseFloat($("temperature").value); return Number.isFinite(t) && t > 0 ? t : 1; }
+
+function bindVariety() {
+  $("shuffle-all").addEventListener("click", () => edit("POST", "shuffle", { temperature: temperature() }));
+  $("shuffle-segment").addEventListener("click", () => {
+    if (S.selected === null) { status("select a segment first (Select tool, click it)", "error"); return; }
+    edit("POST", "shuffle", { temperature: temperature(), segment: S.selected });
+  });
+  $("samples-make").addEventListener("click", makeSamples);
+  $("photo-form").addEventListener("submit", (e) => { e.preventDefault(); usePhoto(); });
+  $("photo-off").addEventListener("click", () => edit("DELETE", "reference-photo"));
+}
+
+async function makeSamples() {
+  if (!S.map) return;
+  const n = Math.max(1, Math.min(16, parseInt($("samples-n").value, 10) || 4));
+  await withStatus(`synthesizing ${n} samples…`, async () => {
+    await api("POST", `/api/maps/${S.map.map_id}/samples`, { n, temperature: temperature() });
+    render(await api("GET", `/api/maps/${S.map.map_id}`));
+  });
+}
+
+async function usePhoto() {
+  const pf = $("photo-file").files[0], lf = $("photo-labels").files[0];
+  if (!pf || !lf) { status("choose a photo and its label map first", "error"); return; }
+  const fd = new FormData(); fd.append("photo", pf); fd.append("labels", lf);
+  const inf = $("photo-instances").files[0]; if (inf) fd.append("instances", inf);
+  fd.append("strict", $("photo-strict").checked ? "true" : "false");
+  await edit("PUT", "reference-photo", fd);
+}
+
+function renderVariety(st) {
+  const ph = st.reference_photo;
+  $("photo-info").textContent = ph
+    ? `${ph.source}: ${ph.segments_from_photo.length} of ${st.segments.length} segments from it` +
+      (ph.strict ? " (strict: classes it lacks are black)" : " (the others from the database)")
+    : "off";
+  const box = $("samples-strip"); box.replaceChildren();
+  $("samples-card").hidden = !st.samples;
+  if (!st.samples) return;
+  $("samples-sub").textContent = `T = ${st.samples.temperature}, seed ${st.samples.seed} · click one to use it`;
+  for (const it of st.samples.items) {
+    box.append(el("button", { class: "snap", title: `sample ${it.index}`, onclick: () => edit("POST", `samples/${it.index}/apply`) },
+      el("img", { src: it.image_url, alt: `sample ${it.index}` }), el("span", { text: `sample ${it.index}` })));
+  }
+}

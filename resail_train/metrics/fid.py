@@ -656,3 +656,32 @@ def fid_from_features(features1, features2) -> float:
     mu1, s1 = gaussian_stats(features1)
     mu2, s2 = gaussian_stats(features2)
     return frechet_distance(mu1, s1, mu2, s2)
+
+
+def frechet_distance_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID of two feature sets ``[N1, D]``, ``[N2, D]``.
+
+    With fewer images than feature dimensions (``min(N1, N2) <= D``, e.g. any split under 2049
+    images) the covariances are rank-deficient and ``scipy.linalg.sqrtm`` of the D×D product is
+    slow (seconds to minutes for D = 2048) and ill-conditioned. The trace of its square root is
+    then computed exactly in the small space: with centred features A, B and
+    ``Σ1 = AᵀA/(N1−1)``, ``Σ2 = BᵀB/(N2−1)``, the non-zero eigenvalues of ``Σ1Σ2`` are those of the
+    symmetric PSD ``(ABᵀ)(ABᵀ)ᵀ/((N1−1)(N2−1))`` (N1×N1, or its N2×N2 twin), so
+    ``Tr((Σ1Σ2)^½) = Σ √λ``. Otherwise :func:`fid_from_features`.
+    """
+    f1 = np.asarray(f1, np.float64)
+    f2 = np.asarray(f2, np.float64)
+    n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
+    if n1 < 2 or n2 < 2:
+        raise ValueError("FID needs at least 2 feature vectors per set")
+    if min(n1, n2) > d:
+        return float(fid_from_features(f1, f2))
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    a, b = f1 - mu1, f2 - mu2
+    c1, c2 = n1 - 1, n2 - 1
+    k = a @ b.T
+    m = (k @ k.T) if n1 <= n2 else (k.T @ k)
+    ev = np.linalg.eigvalsh((m + m.T) / 2 / (c1 * c2))
+    tr_covmean = float(np.sqrt(np.clip(ev, 0, None)).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + (a * a).sum() / c1 + (b * b).sum() / c2 - 2 * tr_covmean)

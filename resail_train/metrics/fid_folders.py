@@ -1,4 +1,4 @@
-"""FID between two folders of images (``resail fid DIR_A DIR_B``), like pytorch-fid's command line.
+"""FID and KID between two folders of images (``resail fid DIR_A DIR_B``), like pytorch-fid's command line.
 
 Every image file directly inside each folder (pytorch-fid's extensions: bmp, jpg, jpeg, pgm, png,
 ppm, tif, tiff, webp) is read as RGB. With ``size=(H, W)`` each image is first resized to H×W with
@@ -6,9 +6,10 @@ the project's antialiased resizer (:func:`pipeline.resize.resize_image`, PIL bic
 training loader and the evaluation do to real photos), so a folder of full-resolution photos is
 compared at the protocol size; without it images keep their own size (the network resizes every
 image to 299×299 itself). Features are computed in batches of ``batch_size`` images of equal size and
-the Fréchet distance of the two Gaussians is :func:`resail_train.evaluation.frechet_distance_features`'s
+the Fréchet distance of the two Gaussians is :func:`resail_train.metrics.fid.frechet_distance_features`'s
 (exact in the small space below 2049 images, :func:`resail_train.metrics.fid.fid_from_features`
-otherwise).
+otherwise); KID is :func:`resail_train.metrics.kid.kid_from_features` on the same features (100 subsets
+of min(1000, N) images, seeded). ``resail score`` computes both with the same functions.
 """
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pipeline.datasets.base import read_image_rgb
+from pipeline.datasets.base import check_target_size, read_image_rgb
 from pipeline.errors import ConfigError, DataError
 from pipeline.resize import resize_image
+from resail_train.metrics.fid import (FEATURE_DIM, describe_weights, frechet_distance_features, inception_features,
+                                      resolve_fid_inception)
+from resail_train.metrics.kid import kid_from_features
 
 IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
 
@@ -36,25 +40,25 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """``"HxW"`` → (H, W); None → None (ConfigError on anything else)."""
+def parse_size(text: str | None, what: str = "--size") -> tuple[int, int] | None:
+    """``"HxW"`` → (H, W); None → None (ConfigError on anything else, and on a size above the pixel cap
+    of the readers, :func:`pipeline.datasets.base.max_pixels`: every image would be resized to it)."""
     if text is None:
         return None
     parts = str(text).lower().replace(" ", "").split("x")
     try:
         h, w = (int(v) for v in parts)
     except ValueError:
-        raise ConfigError(None, f"--size {text!r}: expected HxW, e.g. 256x512") from None
+        raise ConfigError(None, f"{what} {text!r}: expected HxW, e.g. 256x512") from None
     if h < 1 or w < 1:
-        raise ConfigError(None, f"--size {text!r}: height and width must be positive")
+        raise ConfigError(None, f"{what} {text!r}: height and width must be positive")
+    check_target_size(h, w, f"{what} {h}x{w}")
     return h, w
 
 
 def folder_features(model, files: Sequence[Path], size: tuple[int, int] | None = None, batch_size: int = 50,
                     device: str = "cpu", on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Pool3 features ``[N, 2048]`` of ``files`` (in order), resized to ``size`` first when given."""
-    from resail_train.metrics.fid import FEATURE_DIM, inception_features
-
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     out = np.empty((len(files), FEATURE_DIM), np.float64)
@@ -82,10 +86,7 @@ def folder_features(model, files: Sequence[Path], size: tuple[int, int] | None =
 def fid_of_folders(dir_a: str | Path, dir_b: str | Path, weights: str | Path | None = "auto",
                    size: tuple[int, int] | None = None, batch_size: int = 50, device: str = "cpu",
                    progress: bool = False) -> dict:
-    """``{"fid", "n_a", "n_b", "size", "weights"}`` for two image folders (see the module docstring)."""
-    from resail_train.evaluation import frechet_distance_features
-    from resail_train.metrics.fid import describe_weights, resolve_fid_inception
-
+    """``{"fid", "kid", "kid_std", "n_a", "n_b", "size", "weights"}`` for two image folders (module docstring)."""
     files_a, files_b = list_images(dir_a), list_images(dir_b)
     model = resolve_fid_inception(weights)
     if model is None:
@@ -102,6 +103,8 @@ def fid_of_folders(dir_a: str | Path, dir_b: str | Path, weights: str | Path | N
     finally:
         if bar is not None:
             bar.close()
-    return {"fid": frechet_distance_features(fa, fb), "n_a": len(files_a), "n_b": len(files_b),
+    kid, kid_std = kid_from_features(fa, fb)
+    return {"fid": frechet_distance_features(fa, fb), "kid": kid, "kid_std": kid_std,
+            "n_a": len(files_a), "n_b": len(files_b),
             "size": None if size is None else list(size), "weights": describe_weights(weights),
             "convention": getattr(model, "convention", None)}
