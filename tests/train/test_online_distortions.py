@@ -87,17 +87,19 @@ def test_reproducible_per_seed_epoch_index_and_fresh_per_epoch(toy_cache):
 
 
 def test_independent_of_the_number_of_workers(toy_cache):
-    ds = online(toy_cache, seed=1)
     batches = {}
-    for workers in (0, 2):
+    # Workers first, each loader on a fresh dataset: forking a process whose dataset already opened
+    # its HDF5 files and thread pools can deadlock the children (as a training run never does).
+    for workers in (2, 0):
+        ds = online(toy_cache, seed=1)
         sampler = EpochBatchSampler(len(ds), 2, seed=1)
         sampler.set_position(3)
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                                              worker_init_fn=worker_init if workers else None)
         batches[workers] = [b["distorted"] for b in loader]
-    assert len(batches[0]) == 3
+        ds.close()
+    assert len(batches[0]) == 3 and len(batches[2]) == 3
     assert all(torch.equal(x, y) for x, y in zip(batches[0], batches[2]))
-    ds.close()
 
 
 def sharpness(img: np.ndarray, valid: np.ndarray) -> float:
