@@ -88,14 +88,15 @@ def test_reproducible_per_seed_epoch_index_and_fresh_per_epoch(toy_cache):
 
 def test_independent_of_the_number_of_workers(toy_cache):
     batches = {}
-    # Workers first, each loader on a fresh dataset: forking a process whose dataset already opened
-    # its HDF5 files and thread pools can deadlock the children (as a training run never does).
+    # Spawned workers, each loader on a fresh dataset: forked children of a test process that already
+    # runs OpenCV/HDF5 thread pools can deadlock; the draws must not depend on how workers start.
     for workers in (2, 0):
         ds = online(toy_cache, seed=1)
         sampler = EpochBatchSampler(len(ds), 2, seed=1)
         sampler.set_position(3)
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                             worker_init_fn=worker_init if workers else None)
+                                             worker_init_fn=worker_init if workers else None,
+                                             multiprocessing_context="spawn" if workers else None)
         batches[workers] = [b["distorted"] for b in loader]
         ds.close()
     assert len(batches[0]) == 3 and len(batches[2]) == 3
