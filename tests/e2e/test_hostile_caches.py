@@ -420,7 +420,8 @@ def test_bad_cache_under_dataloader_workers_is_the_one_line_error(work):
         del f[cache.image_key("train", "train_002")]
     ds = CacheDataset(work["cache"], "train", load_size=None, crop_size=[32, 32], train=False, guidance="rank0",
                       distortions=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate,
+                                         multiprocessing_context="spawn")
     with pytest.raises(CacheError) as e:
         for _ in loader:
             pass

@@ -144,7 +144,8 @@ def test_damaged_guidance_chunk_in_a_dataloader_worker_is_the_one_line_error(tra
     ds = CacheDataset(train_cache, "train", load_size=None, crop_size=[32, 32], train=False, guidance="rank0",
                       distortions=False)
     assert ds[0]["guidance"].shape == (3, 32, 32)  # the intact image still reads
-    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate,
+                                         multiprocessing_context="spawn")
     with pytest.raises(Exception) as e:  # any class: assert_damaged checks it is CacheError
         for _ in loader:
             pass
