@@ -433,3 +433,18 @@ def config_from_dict(values: dict, source: str = "<checkpoint>") -> TrainConfig:
 def config_fingerprint(values: dict, sections: Iterable[str] = ("model",)) -> str:
     """A stable text of the sections that must match between a checkpoint and a resumed run."""
     return json.dumps({s: values.get(s) for s in sections}, sort_keys=True)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; an empty mapping and a list are kept as values (the dotted keys
+    of ``--set``, of ``dvc exp -S train.set.…`` and of the run comparison)."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -6,24 +6,10 @@ params.yaml (a list of ``section.key=value``), ``train.set`` of params.yaml (``t
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pipeline.errors import ConfigError
+from resail_train.config import flatten
 from stages.params import Params
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; an empty mapping and a list are kept as values."""
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d} if prefix else {}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def overrides(p: Params, cli: tuple[str, ...]) -> list[str]:

@@ -48,6 +48,7 @@ from pipeline.cache import SegmentDB, atomic_outputs
 from pipeline.errors import ConfigError, DataError, ResailError
 from pipeline.visualize import colorize_labels, hstack
 from resail_train.checkpoint import recorded_cache_dir
+from resail_train.config import flatten  # noqa: F401  (compare.flatten: a run's params as dotted keys)
 from resail_train.reporting.paper_numbers import PROTOCOL as PAPER_PROTOCOL
 from resail_train.reporting.paper_numbers import PaperTable, TABLES, table_for_params
 from resail_train.reporting.plots import labelled, line_plot, read_tsv, tile
@@ -97,20 +98,6 @@ class RunRecord:
         if "fid" in self.metrics and self.metrics.get("fid") is None:
             out["fid"] = "not computed"
         return out
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists kept as values)."""
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d} if prefix else {}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 # --------------------------------------------------------------------------- reading run files
