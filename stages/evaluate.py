@@ -17,7 +17,7 @@ import click
 
 from stages.options import (RUN_OR_DATASET_CACHE_HELP, batch_size_option, cache_option, checkpoint_option,
                             data_root_option, device_option, inception_weights_option, limit_option, progress_option,
-                            run_option, split_option)
+                            run_option, scales_option, split_option)
 from stages.params import Params
 from stages.trained_run import run_cache_dir
 
@@ -35,8 +35,7 @@ from stages.trained_run import run_cache_dir
 @click.option("--segmenter-weights", "--weights", "segmenter_weights", default=None, metavar="auto|PATH[,PATH]",
               help="its checkpoint file(s), unchanged (upernet-r101: encoder_epoch_50.pth,decoder_epoch_50.pth); "
                    "auto = the published file(s), fetched into $RESAIL_HOME once [params: evaluate.segmenter_weights]")
-@click.option("--scales", default=None, metavar="S[,S…]",
-              help="test scales of the segmenter [default: each protocol's own; see docs/evaluation.md]")
+@scales_option("test scales of the segmenter [default: each protocol's own; see docs/evaluation.md]")
 @checkpoint_option("auto = latest (RUN/generator.pt), plus best (RUN/checkpoints/best.pt, lowest validation FID "
                    "during training) when the run has it | both (needs best.pt) | latest | best | PATH [auto]",
                    metavar="auto|both|latest|best|PATH")
@@ -53,21 +52,13 @@ def command(p: Params, run, cache, split, inception_weights, segmenter, segmente
     from resail_train.evaluation import evaluate, format_table
 
     run_dir = p.run_dir(run, "--run")
-    scale_list = None
-    if scales:
-        try:
-            scale_list = [float(x) for x in str(scales).split(",") if x.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{scales!r}: expected comma-separated numbers", param_hint="--scales") from None
-        if not scale_list or any(x <= 0 for x in scale_list):
-            raise click.BadParameter(f"{scales!r}: scales must be positive", param_hint="--scales")
     m = evaluate(run_dir, run_cache_dir(p, run_dir, cache), split=p.get("evaluate", "split", split, "val"),
                  inception_weights=p.get("evaluate", "inception_weights", inception_weights, "auto"),
                  device=p.get("evaluate", "device", device, "auto"),
                  batch_size=int(p.get("evaluate", "batch_size", batch_size, 8)),
                  segmenter=p.get("evaluate", "segmenter", segmenter, "own"),
                  segmenter_weights=p.get("evaluate", "segmenter_weights", segmenter_weights),
-                 segmenter_scales=scale_list, checkpoint=checkpoint or "auto",
+                 segmenter_scales=scales, checkpoint=checkpoint or "auto",
                  limit=p.get("evaluate", "limit", limit), data_root=data_root, progress=progress)
     click.echo(format_table(m))
     click.echo(f"evaluate: → {run_dir / 'metrics.json'}, {run_dir / 'reference.json'}, "

@@ -231,6 +231,24 @@ PALETTE_HELP = ("colour label maps: read RGB label PNGs through this palette (ci
 DATASET_SPEC_HELP = "class list of the label maps: cityscapes | ade20k | coco-stuff | folder:CLASSES.json"
 
 
+def _parse_scales(ctx, param, value) -> list[float] | None:
+    """``--scales 0.75,1,1.25`` → ``[0.75, 1.0, 1.25]`` (None: the protocol's own scales)."""
+    if not value:
+        return None
+    try:
+        scales = [float(x) for x in str(value).split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated numbers") from None
+    if not scales or any(not x > 0 for x in scales):
+        raise click.BadParameter(f"{value!r}: scales must be positive")
+    return scales
+
+
+def scales_option(help: str) -> Decorator:
+    """``--scales S[,S…]``: the segmenter's test scales, parsed into a list of positive floats."""
+    return click.option("--scales", default=None, metavar="S[,S…]", callback=_parse_scales, help=help)
+
+
 def palette_option(help: str = PALETTE_HELP) -> Decorator:
     """``--palette``: the colour table of colour label maps (pipeline.datasets.palette)."""
     return click.option("--palette", default=None, metavar="cityscapes|ade20k|coco-stuff|PATH.json", help=help)

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from stages.options import (batch_size_option, dataset_spec_option, device_option, inception_weights_option,
-                            palette_option, progress_option)
+                            palette_option, progress_option, scales_option)
 from stages.params import Params
 
 SEGMENTERS = ["drn-d-105", "upernet-r101", "deeplabv2-r101", "own", "none"]
@@ -43,7 +43,7 @@ SEGMENTERS = ["drn-d-105", "upernet-r101", "deeplabv2-r101", "own", "none"]
 @palette_option()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where score.json and per_class.csv go [default: FAKE's folder's parent / score]")
-@click.option("--scales", default=None, metavar="S[,S…]", help="segmenter test scales [default: the protocol's]")
+@scales_option("segmenter test scales [default: the protocol's]")
 @inception_weights_option("FID/KID network: auto = the bundled 2015-12-05 TF Inception; PATH; none",
                           default="auto", metavar="auto|none|PATH")
 @batch_size_option(default=8)
@@ -67,14 +67,6 @@ def command(p: Params, fake, real, labels, dataset_spec, segmenter, weights, siz
     seg_name = segmenter or DEFAULT_SEGMENTER.get(name, "none")
     if seg_name != "none" and labels is None:
         raise click.UsageError(f"--segmenter {seg_name} needs --labels (or pass --segmenter none)")
-    scale_list = None
-    if scales:
-        try:
-            scale_list = [float(x) for x in str(scales).split(",") if x.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{scales!r}: expected comma-separated numbers", param_hint="--scales") from None
-        if not scale_list or any(x <= 0 for x in scale_list):
-            raise click.BadParameter(f"{scales!r}: scales must be positive", param_hint="--scales")
     pal = load_palette(palette)
     hw = parse_size(size)
     pairing = pair_folders(fake, real, labels)  # before any network is loaded: a bad folder is cheap
@@ -98,10 +90,10 @@ def command(p: Params, fake, real, labels, dataset_spec, segmenter, weights, siz
             seg = load_segmenter(seg_name, resolve_segmenter_weights(seg_name, weights, progress=progress), dev)
             check_dataset(seg, meta)
     res = score_folders(fake, real, labels, meta=meta, segmenter=seg, inception=inception, size=hw, palette=pal,
-                        device=dev, batch_size=batch_size, scales=scale_list, progress=progress, pairing=pairing)
+                        device=dev, batch_size=batch_size, scales=scales, progress=progress, pairing=pairing)
     protocol = fingerprint(res, dataset=name, meta=meta, segmenter=seg, inception=inception,
                            inception_file=inception_file, inception_desc=describe_weights(inception_weights),
-                           size=hw, palette=pal, scales=scale_list)
+                           size=hw, palette=pal, scales=scales)
     out_dir = out or Path(pairing.folders["fake"]).parent / "score"
     write_score(out_dir, res, protocol)
     sizes = ", ".join(f"{k} ×{v}" for k, v in res["sizes"].items())

@@ -499,3 +499,28 @@ def test_the_schema_choices_are_the_pipelines():
     assert params.EXCLUDE_MODES == tuple(EXCLUDE_MODES) and params.SCALE_TERMS == tuple(SCALE_TERMS)
     assert params.BACKENDS == tuple(BACKENDS.choices) and params.DEVICE_NAMES == tuple(DEVICES.choices)
     assert set(params.SEGMENTERS) == set(SEGMENTERS) - {"none"}
+
+
+@pytest.mark.parametrize("cmd", ["evaluate", "score"])
+@pytest.mark.parametrize("value, problem", [("0,1", "must be positive"), ("1,x", "comma-separated numbers"),
+                                            (",", "must be positive"), ("nan", "must be positive")])
+def test_bad_segmenter_scales_are_refused_before_any_work(two_folders, cmd, value, problem):
+    args = (["evaluate", "--run", str(two_folders[0])] if cmd == "evaluate" else
+            ["score", "--fake", str(two_folders[0]), "--real", str(two_folders[1]), "--dataset", "cityscapes",
+             "--segmenter", "none"])
+    res = invoke([*args, "--scales", value])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "--scales" in res.output and problem in res.output, res.output
+    assert not (two_folders[0].parent / "score").exists()
+
+
+def test_segmenter_scales_parse_into_floats():
+    from stages.options import scales_option
+
+    @click.command()
+    @scales_option("help")
+    def show(scales):
+        click.echo(repr(scales))
+
+    assert CliRunner().invoke(show, ["--scales", "0.75, 1,1.25"]).output.strip() == "[0.75, 1.0, 1.25]"
+    assert CliRunner().invoke(show, []).output.strip() == "None"
