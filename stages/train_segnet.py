@@ -10,7 +10,8 @@ training images of the stage cache, and differ only in the role they give it:
   sees it, so its scores are not inflated by a net the generator was trained against.
 
 Option defaults from params.yaml: ``train`` (``config``, ``run_dir``, ``device``, ``overrides``,
-``segnet_max_steps``) and ``eval_segnet`` (``seed``, ``max_steps``).
+``segnet_max_steps``) and ``eval_segnet`` (``seed``, ``max_steps``, and ``epochs``: the evaluation net's
+``segnet.epochs``, so that it can train longer than the loss net of the same config).
 """
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ def train_segnet_command(p: Params, cache_dir, out, config, sets, max_steps, dev
 def train_eval_segnet_command(p: Params, cache_dir, out, config, sets, seed, max_steps, device, data_root,
                               progress) -> None:
     """Train the separate evaluation segmentation net (`resail evaluate --segmenter own`), never the loss net."""
+    epochs = p.get("eval_segnet", "epochs")
+    if epochs is not None:  # before the command line's --set, which wins
+        sets = (f"segnet.epochs={int(epochs)}", *sets)
     _train(p, "train-eval-segnet", "eval", cache_dir, out, config, sets, p.get("eval_segnet", "max_steps", max_steps),
            device, data_root, progress, seed=p.get("eval_segnet", "seed", seed))
 

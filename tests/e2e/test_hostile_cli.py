@@ -237,6 +237,28 @@ def test_train_passes_allow_config_change_to_the_trainer(tmp_path, monkeypatch, 
     assert "--allow-config-change" in invoke(["train", "--help"]).output
 
 
+@pytest.mark.parametrize("params_epochs, cli, loss_epochs, eval_epochs",
+                         [(None, [], 30, 30), (12, [], 30, 12), (12, ["--set", "segnet.epochs=3"], 30, 3)])
+def test_eval_segnet_epochs_reach_the_evaluation_net_only(tmp_path, monkeypatch, params_epochs, cli, loss_epochs,
+                                                          eval_epochs):
+    """params.yaml eval_segnet.epochs sets the evaluation net's segnet.epochs (demo config: 30); the loss net keeps
+    the config's, and a command-line --set still wins."""
+    from resail_train.training import segnet_trainer
+
+    seen = {}
+
+    def fake_train_segnet(cache, run_dir, cfg, *, role, **kw):
+        seen[role] = cfg.segnet.epochs
+        return SimpleNamespace(steps=0, seconds=0.0, train_miou=0.0, train_pixel_acc=0.0, val_miou=None, path="x")
+
+    monkeypatch.setattr(segnet_trainer, "train_segnet", fake_train_segnet)
+    params = write_params(tmp_path, {**shipped(), "eval_segnet": {"epochs": params_epochs}})
+    common = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--config", "demo", "--no-progress"]
+    assert invoke(["train-segnet", *common], params).exit_code == 0
+    assert invoke(["train-eval-segnet", *common, *cli], params).exit_code == 0
+    assert seen == {"loss": loss_epochs, "eval": eval_epochs}
+
+
 # =========================================================================== params.yaml schema
 def shipped() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
