@@ -67,7 +67,7 @@ from pipeline.cache.atomic import stage_lock, write_text_atomic
 from pipeline.datasets.base import ClassMeta
 from pipeline.errors import BusyError, CacheError, ConfigError
 from resail_train import checkpoint as ckpt
-from resail_train.config import VGG_HELP, TrainConfig, config_fingerprint, config_from_dict
+from resail_train.config import VGG_HELP, TrainConfig, config_fingerprint, config_from_dict, flatten
 from resail_train.training.data import CacheDataset, EpochBatchSampler, collate, tensor_to_rgb, worker_init
 from resail_train.guidance_modes import passes_for
 from resail_train.models.build import SEGNET_MISSING, build_discriminator, build_generator, load_segnet
@@ -135,19 +135,10 @@ TRAIN_LOCK = "train"  # RUN/.train.lock: the run folder's lock (pipeline.cache.a
 RESUME_FREE_KEYS = ("name", "data.num_workers", "log")
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def config_differences(old: dict, new: dict, free: tuple[str, ...] = RESUME_FREE_KEYS) -> list[tuple[str, Any, Any]]:
     """``[(dotted key, old value, new value)]`` of two config dicts, sorted by key, skipping the
     keys in (or under) ``free``. A key missing on one side has the value ``"(absent)"``."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     out = []
     for k in sorted(set(a) | set(b)):
         if any(k == f or k.startswith(f + ".") for f in free):
